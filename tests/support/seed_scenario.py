@@ -1,0 +1,150 @@
+"""The seed scenario: a host owns a torch.distributed WORLD, some of its ranks build a vLLM engine.
+
+Run as a script (vLLM spawns, so this file is the ``__main__`` of every rank). The parent process spawns
+``--world`` ranks with torch.multiprocessing; each joins a gloo WORLD over its own TCP store; the ranks in
+``--engine-ranks`` build ``vllm.LLM`` and generate greedily; then every rank runs collectives on the host's
+WORLD and on a host subgroup made after the engine exists. Each rank writes ``rank<N>.json`` into ``--out``
+stage by stage, so a supervisor that has to kill a hung run can say which ranks got how far.
+
+Activation: ``--activation stock`` (nothing), ``install`` (``vllm_pg_shim.install()`` first thing in the rank),
+``env`` (the caller sets ``VLLM_PG_SHIM=1``; the .pth activates the shim at interpreter start).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+PROMPTS = [[1, 5, 9, 13], [7, 3, 100, 42, 8]]
+MAX_TOKENS = 8
+
+
+def _write(out: Path, rank: int, **fields) -> None:
+    path = out / f"rank{rank}.json"
+    data = json.loads(path.read_text()) if path.exists() else {"rank": rank, "stages": []}
+    stage = fields.pop("stage", None)
+    if stage:
+        data["stages"].append([stage, round(time.monotonic(), 3)])
+    data.update(fields)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def generate(llm) -> list[list[int]]:
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    try:
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=p) for p in PROMPTS]
+    except ImportError:  # older releases take the dict form only
+        prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def build_llm(model: str):
+    from vllm import LLM
+
+    return LLM(model, skip_tokenizer_init=True, enforce_eager=True, gpu_memory_utilization=0.1, max_model_len=128)
+
+
+def host_collectives(rank: int, world: int) -> dict:
+    """Collectives on the host's WORLD and on a subgroup made now: results must be exact."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(rank + 1)])
+    dist.all_reduce(t)
+    expected_world = float(world * (world + 1) // 2)
+    sub_ranks = list(range(world))
+    sub = dist.new_group(sub_ranks)
+    s = torch.tensor([float(10 * (rank + 1))])
+    dist.all_reduce(s, group=sub)
+    b = torch.tensor([float(rank)])
+    dist.broadcast(b, src=world - 1)
+    dist.barrier()
+    return {
+        "world_all_reduce": t.item(),
+        "world_all_reduce_ok": t.item() == expected_world,
+        "subgroup_all_reduce": s.item(),
+        "subgroup_all_reduce_ok": s.item() == 10 * expected_world,
+        "broadcast_ok": b.item() == float(world - 1),
+        "host_world_size": dist.get_world_size(),
+        "host_rank": dist.get_rank(),
+    }
+
+
+def rank_main(rank: int, args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    _write(out, rank, stage="started", pid=os.getpid())
+    if args.activation == "install":
+        import vllm_pg_shim
+
+        vllm_pg_shim.install()
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", world_size=args.world, rank=rank)
+    _write(out, rank, stage="host_world_ready")
+    tokens_per_cycle = []
+    if rank in args.engine_ranks:
+        for cycle in range(args.cycles):
+            llm = build_llm(args.model)
+            _write(out, rank, stage=f"engine_built_{cycle}")
+            tokens_per_cycle.append(generate(llm))
+            _write(out, rank, stage=f"generated_{cycle}", tokens=tokens_per_cycle)
+            del llm
+            import gc
+
+            gc.collect()
+    result = host_collectives(rank, args.world)
+    if args.activation != "stock":
+        import vllm_pg_shim
+
+        result["shim_status"] = vllm_pg_shim.status()
+    _write(out, rank, stage="host_collectives_done", **result)
+    dist.destroy_process_group()
+    _write(out, rank, stage="done")
+
+
+def clean_main(args: argparse.Namespace) -> None:
+    """Reference: the same prompts in a clean process that owns no WORLD."""
+    out = Path(args.out)
+    llm = build_llm(args.model)
+    _write(out, 0, stage="generated_0", tokens=[generate(llm)])
+    del llm
+    _write(out, 0, stage="done")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--world", type=int, default=2)
+    p.add_argument("--engine-ranks", type=lambda s: [int(x) for x in s.split(",") if x], default=[0])
+    p.add_argument("--activation", choices=["stock", "install", "env", "clean"], default="stock")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--cycles", type=int, default=1)
+    args = p.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.activation == "clean":
+        clean_main(args)
+        return
+    if not args.port:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            args.port = s.getsockname()[1]
+    import torch.multiprocessing as mp
+
+    mp.spawn(rank_main, args=(args,), nprocs=args.world, join=True)
+
+
+if __name__ == "__main__":
+    main()
