@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 PROMPTS = [[1, 5, 9, 13], [7, 3, 100, 42, 8]]
+# The rank holds its last engine to the end, as a server object would: nothing in user code shuts it down.
+_HELD_ENGINES: list = []
 MAX_TOKENS = 8
 
 
@@ -98,10 +100,14 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
             _write(out, rank, stage=f"engine_built_{cycle}")
             tokens_per_cycle.append(generate(llm))
             _write(out, rank, stage=f"generated_{cycle}", tokens=tokens_per_cycle)
-            del llm
-            import gc
+            if cycle + 1 < args.cycles:  # build/delete/build: every engine but the last is deleted
+                del llm
+                import gc
 
-            gc.collect()
+                gc.collect()
+                _write(out, rank, stage=f"deleted_{cycle}")
+            else:
+                _HELD_ENGINES.append(llm)
     result = host_collectives(rank, args.world)
     if args.activation != "stock":
         import vllm_pg_shim
@@ -113,10 +119,19 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
 
 
 def clean_main(args: argparse.Namespace) -> None:
-    """Reference: the same prompts in a clean process that owns no WORLD."""
+    """Reference: the same prompts in a clean process that owns no WORLD (``clean-shim``: shim installed)."""
     out = Path(args.out)
+    if args.activation == "clean-shim":
+        import vllm_pg_shim
+
+        vllm_pg_shim.install()
     llm = build_llm(args.model)
-    _write(out, 0, stage="generated_0", tokens=[generate(llm)])
+    fields = {"tokens": [generate(llm)]}
+    if args.activation == "clean-shim":
+        import vllm_pg_shim
+
+        fields["status_during"] = vllm_pg_shim.status()
+    _write(out, 0, stage="generated_0", **fields)
     del llm
     _write(out, 0, stage="done")
 
@@ -127,12 +142,12 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--world", type=int, default=2)
     p.add_argument("--engine-ranks", type=lambda s: [int(x) for x in s.split(",") if x], default=[0])
-    p.add_argument("--activation", choices=["stock", "install", "env", "clean"], default="stock")
+    p.add_argument("--activation", choices=["stock", "install", "env", "clean", "clean-shim"], default="stock")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--cycles", type=int, default=1)
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    if args.activation == "clean":
+    if args.activation.startswith("clean"):
         clean_main(args)
         return
     if not args.port:

@@ -1,0 +1,145 @@
+"""Runs multi-process scenarios under a hard timeout and kills their whole process tree.
+
+Every scenario runs in a new session (``start_new_session``), so what it forks or spawns, vLLM's engine
+processes included, can be found and killed even after the parent died. The ranks report progress in
+``rank<N>.json`` files; on a timeout the report names the ranks that never reached a stage.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO = Path(__file__).with_name("seed_scenario.py")
+
+
+@dataclass
+class Outcome:
+    returncode: int | None
+    timed_out: bool
+    elapsed: float
+    log: str
+    ranks: dict[int, dict] = field(default_factory=dict)
+    leftovers: list[str] = field(default_factory=list)
+
+    def stages(self, rank: int) -> list[str]:
+        return [s for s, _ in self.ranks.get(rank, {}).get("stages", [])]
+
+    def ranks_without(self, stage: str, ranks) -> list[int]:
+        return [r for r in ranks if stage not in self.stages(r)]
+
+    def describe(self) -> str:
+        lines = [f"returncode={self.returncode} timed_out={self.timed_out} elapsed={self.elapsed:.1f}s"]
+        for rank, data in sorted(self.ranks.items()):
+            lines.append(f"  rank {rank}: {' > '.join(self.stages(rank))}")
+        if self.leftovers:
+            lines.append(f"  leftover processes (killed): {self.leftovers}")
+        lines.append("  log tail:\n" + "\n".join(self.log.splitlines()[-25:]))
+        return "\n".join(lines)
+
+
+def _session_members(sid: int) -> list[psutil.Process]:
+    members = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid != os.getpid() and os.getsid(proc.pid) == sid:
+                members.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return members
+
+
+def kill_tree(root_pid: int) -> list[str]:
+    """SIGKILL the process, its descendants and anything left in its session; returns what was killed."""
+    victims: dict[int, psutil.Process] = {}
+    try:
+        root = psutil.Process(root_pid)
+        victims[root.pid] = root
+        victims.update({p.pid: p for p in root.children(recursive=True)})
+    except psutil.NoSuchProcess:
+        pass
+    victims.update({p.pid: p for p in _session_members(root_pid)})
+    killed = []
+    for proc in victims.values():
+        try:
+            killed.append(f"{proc.pid}:{' '.join(proc.cmdline())[:80]}")
+            proc.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            continue
+    psutil.wait_procs(list(victims.values()), timeout=10)
+    return killed
+
+
+def run_bounded(cmd: list[str], *, timeout: float, env: dict | None = None, cwd: Path | None = None,
+                log_path: Path, finished=None, exit_grace: float = 20.0) -> tuple[int | None, bool, float, list[str]]:
+    """Run ``cmd`` for at most ``timeout`` seconds; once ``finished()`` is true (the work is done), the
+    process gets ``exit_grace`` seconds more to exit, else it counts as hung at exit."""
+    start = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True, stdin=subprocess.DEVNULL)
+        deadline = start + timeout
+        returncode, timed_out = None, False
+        while returncode is None:
+            try:
+                returncode = proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                now = time.monotonic()
+                if finished is not None and deadline > now + exit_grace and finished():
+                    deadline = now + exit_grace
+                if now >= deadline:
+                    timed_out = True
+                    break
+        # Whatever is still alive in the session now is either the hang or a leak: both are reported.
+        leftovers = kill_tree(proc.pid)
+        if returncode is None:
+            proc.wait()
+    return returncode, timed_out, time.monotonic() - start, [] if timed_out else leftovers
+
+
+def scenario_env(activation: str, *, in_process: bool, extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "PYTEST_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
+    if activation == "env":
+        env["VLLM_PG_SHIM"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def _read_ranks(out: Path) -> dict[int, dict]:
+    ranks = {}
+    for path in out.glob("rank*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:  # being replaced right now
+            continue
+        ranks[data["rank"]] = data
+    return ranks
+
+
+def run_scenario(out: Path, *, model: Path, activation: str, in_process: bool, world: int = 2,
+                 engine_ranks=(0,), cycles: int = 1, timeout: float = 240, extra_env: dict | None = None,
+                 python: str = sys.executable) -> Outcome:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [python, str(SCENARIO), "--model", str(model), "--out", str(out), "--world", str(world),
+           "--engine-ranks", ",".join(map(str, engine_ranks)), "--activation", activation, "--cycles", str(cycles)]
+    env = scenario_env(activation, in_process=in_process, extra=extra_env)
+    log_path = out / "log.txt"
+
+    def all_done() -> bool:
+        ranks = _read_ranks(out)
+        return len(ranks) == world and all("done" in [s for s, _ in r["stages"]] for r in ranks.values())
+
+    returncode, timed_out, elapsed, leftovers = run_bounded(cmd, timeout=timeout, env=env, cwd=ROOT,
+                                                            log_path=log_path, finished=all_done)
+    ranks = _read_ranks(out)
+    return Outcome(returncode, timed_out, elapsed, log_path.read_text(errors="replace"), ranks, leftovers)

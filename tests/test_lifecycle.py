@@ -1,0 +1,293 @@
+"""install / uninstall orderings, each in a fresh interpreter, against the fake vllm package.
+
+The fake is shaped like real vLLM where the machinery cares (re-exports, ``from … import`` copies); what the
+wrappers do to real vLLM is tested end to end in test_e2e_seed.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from support.harness import run_bounded
+
+FAKE = Path(__file__).with_name("fake_vllm")
+
+# Every place the fake binds a wrapped function: module attributes, the re-export and the copies.
+PROBE = textwrap.dedent(
+    """
+    import importlib, json, sys
+    def names():
+        spots = {
+            "ps.init": ("vllm.distributed.parallel_state", "init_distributed_environment"),
+            "ps.teardown": ("vllm.distributed.parallel_state", "cleanup_dist_env_and_memory"),
+            "dist.init": ("vllm.distributed", "init_distributed_environment"),
+            "gpu_worker.init": ("vllm.v1.worker.gpu_worker", "init_distributed_environment"),
+            "gpu_worker.iwde": ("vllm.v1.worker.gpu_worker", "init_worker_distributed_environment"),
+            "cpu_worker.iwde": ("vllm.v1.worker.cpu_worker", "init_worker_distributed_environment"),
+            "core.cleanup": ("vllm.v1.engine.core", "cleanup_dist_env_and_memory"),
+        }
+        out = {}
+        for key, (mod, attr) in spots.items():
+            m = sys.modules.get(mod)
+            out[key] = None if m is None else type(getattr(m, attr)).__name__
+        return out
+    def import_all():
+        for m in ("vllm.distributed", "vllm.v1.worker.gpu_worker", "vllm.v1.worker.cpu_worker", "vllm.v1.engine.core"):
+            importlib.import_module(m)
+    """
+)
+
+
+def run_python(code: str, *, env_extra: dict | None = None, pythonpath: Path = FAKE, timeout: float = 60,
+               tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_PG_SHIM")}
+    env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), str(Path(__file__).parent)])
+    env.update(env_extra or {})
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE + "\n" + textwrap.dedent(code))
+    log = tmp_path / "probe.log"
+    returncode, timed_out, _, _ = run_bounded([sys.executable, str(script)], timeout=timeout, env=env,
+                                              log_path=log)
+    text = log.read_text()
+    assert not timed_out, f"probe hung:\n{text}"
+    assert returncode == 0, f"probe failed ({returncode}):\n{text}"
+    last = [line for line in text.splitlines() if line.startswith("RESULT ")]
+    return {"result": json.loads(last[-1][7:]) if last else None, "log": text}
+
+
+ALL_WRAPPED = {k: "ShimWrapper" for k in
+               ("ps.init", "ps.teardown", "dist.init", "gpu_worker.init", "gpu_worker.iwde", "cpu_worker.iwde",
+                "core.cleanup")}
+ALL_PLAIN = {k: "function" for k in ALL_WRAPPED}
+
+
+def test_install_before_import_wraps_every_binding(tmp_path):
+    r = run_python(
+        """
+        import vllm_pg_shim
+        vllm_pg_shim.install()
+        import_all()
+        print("RESULT " + json.dumps(names()))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert r["result"] == ALL_WRAPPED
+
+
+def test_install_after_import_rebinds_copies(tmp_path):
+    r = run_python(
+        """
+        import_all()
+        import vllm_pg_shim
+        vllm_pg_shim.install()
+        print("RESULT " + json.dumps(names()))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert r["result"] == ALL_WRAPPED
+
+
+def test_install_is_idempotent_and_never_double_wraps(tmp_path):
+    r = run_python(
+        """
+        import vllm_pg_shim
+        import_all()
+        vllm_pg_shim.install()
+        first = vllm_pg_shim.status()["patched"]
+        vllm_pg_shim.install()
+        import vllm.distributed.parallel_state as ps
+        inner = ps.init_distributed_environment.__wrapped__
+        print("RESULT " + json.dumps({"same": first == vllm_pg_shim.status()["patched"],
+                                      "inner": type(inner).__name__}))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert r["result"] == {"same": True, "inner": "function"}
+
+
+@pytest.mark.parametrize("order", ["import-install-uninstall", "install-import-uninstall",
+                                   "half-install-rest-uninstall"])
+def test_uninstall_restores_every_original_exactly(tmp_path, order):
+    r = run_python(
+        f"""
+        import vllm_pg_shim
+        order = {order!r}
+        originals = {{}}
+        def snapshot():
+            import vllm.distributed.parallel_state as ps
+            return {{n: getattr(ps, n) for n in dir(ps) if callable(getattr(ps, n))}}
+        if order == "import-install-uninstall":
+            import_all(); before = snapshot(); vllm_pg_shim.install()
+        elif order == "install-import-uninstall":
+            vllm_pg_shim.install(); import_all()
+            before = {{n: f.__wrapped__ if hasattr(f, "__wrapped__") else f for n, f in snapshot().items()}}
+        else:
+            import vllm.distributed.parallel_state; before = snapshot(); vllm_pg_shim.install(); import_all()
+        vllm_pg_shim.uninstall()
+        after = snapshot()
+        import vllm.distributed as d, vllm.v1.worker.gpu_worker as g, vllm.v1.worker.cpu_worker as c
+        import vllm.v1.engine.core as core
+        exact = all(after[n] is before[n] for n in before)
+        copies = (d.init_distributed_environment is before["init_distributed_environment"]
+                  and g.init_distributed_environment is before["init_distributed_environment"]
+                  and c.init_worker_distributed_environment is g.init_worker_distributed_environment
+                  and core.cleanup_dist_env_and_memory is before["cleanup_dist_env_and_memory"])
+        print("RESULT " + json.dumps({{"names": names(), "exact": exact, "copies": copies,
+                                      "installed": vllm_pg_shim.status()["installed"]}}))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert r["result"] == {"names": ALL_PLAIN, "exact": True, "copies": True, "installed": False}
+
+
+def test_reinstall_after_uninstall_wraps_again_and_old_hooks_stay_quiet(tmp_path):
+    r = run_python(
+        """
+        import vllm_pg_shim
+        vllm_pg_shim.install(); vllm_pg_shim.uninstall(); vllm_pg_shim.install()
+        import_all()   # the first install's import hook must not wrap a second time
+        import vllm.distributed.parallel_state as ps
+        print("RESULT " + json.dumps({"names": names(),
+                                      "inner": type(ps.init_distributed_environment.__wrapped__).__name__}))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert r["result"] == {"names": ALL_WRAPPED, "inner": "function"}
+
+
+def test_status_says_what_and_why(tmp_path):
+    r = run_python(
+        """
+        import vllm_pg_shim
+        before = vllm_pg_shim.status()
+        vllm_pg_shim.install()
+        import_all()
+        after = vllm_pg_shim.status()
+        print("RESULT " + json.dumps({"before": before, "after": after}))
+        """,
+        tmp_path=tmp_path,
+    )
+    before, after = r["result"]["before"], r["result"]["after"]
+    assert before["installed"] is False and before["family"] == "v1_latest"
+    assert after["installed"] is True and after["activation"] == "install()"
+    assert after["vllm"] == {"distribution": "vllm", "version": "0.32.0"}
+    assert after["world"]["host_world"] == "none"
+    assert "no foreign WORLD" in after["reason"]
+    assert "vllm.distributed.parallel_state.init_distributed_environment" in after["patched"]
+
+
+def _fake_with_version(tmp_path: Path, version: str) -> Path:
+    import shutil
+
+    root = tmp_path / "fake"
+    shutil.copytree(FAKE / "vllm", root / "vllm")
+    info = root / f"vllm-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+    return root
+
+
+def test_unknown_release_is_refused_with_a_clear_message_and_can_be_forced(tmp_path):
+    fake = _fake_with_version(tmp_path, "0.99.0")
+    r = run_python(
+        """
+        import vllm_pg_shim
+        try:
+            vllm_pg_shim.install(); refused = None
+        except vllm_pg_shim.ShimError as exc:
+            refused = str(exc)
+        forced = vllm_pg_shim.install(family="v1_latest")
+        print("RESULT " + json.dumps({"refused": refused, "family": forced["family"]}))
+        """,
+        pythonpath=fake,
+        tmp_path=tmp_path,
+    )
+    assert "0.99.0" in r["result"]["refused"] and "VLLM_PG_SHIM_FORCE" in r["result"]["refused"]
+    assert r["result"]["family"] == "v1_latest"
+
+
+def test_dev_and_local_builds_are_matched_by_their_release(tmp_path):
+    from vllm_pg_shim.families import release_key
+
+    assert release_key("0.33.0rc1+g1234") == "0.33.0"
+    assert release_key("0.32.0+cpu") == "0.32.0"
+    assert release_key("0.34.0.dev12+g1234") == "0.34.0"
+    assert release_key("0.5.3.post1") == "0.5.3.post1"
+
+
+def test_corrupt_matrix_is_a_clear_error(tmp_path):
+    from vllm_pg_shim import ShimError
+    from vllm_pg_shim.families import families
+
+    bad = tmp_path / "m.yaml"
+    bad.write_text("families: [unclosed")
+    with pytest.raises(ShimError, match="not valid YAML"):
+        families(str(bad))
+    with pytest.raises(ShimError, match="cannot read"):
+        families(str(tmp_path / "missing.yaml"))
+    bad.write_text("families:\n  x: {module: m}\n")
+    with pytest.raises(ShimError, match="family 'x' is malformed"):
+        families(str(bad))
+
+
+def test_env_activation_at_startup_imports_nothing_heavy(tmp_path):
+    r = run_python(
+        """
+        import sys
+        before = {m: m in sys.modules for m in ("torch", "vllm", "vllm_pg_shim")}
+        import vllm_pg_shim
+        installed = vllm_pg_shim.status()["installed"]
+        import_all()
+        print("RESULT " + json.dumps({"before": before, "installed": installed, "names": names(),
+                                      "activation": vllm_pg_shim.status()["activation"]}))
+        """,
+        env_extra={"VLLM_PG_SHIM": "1"},
+        tmp_path=tmp_path,
+    )
+    res = r["result"]
+    assert res["before"] == {"torch": False, "vllm": False, "vllm_pg_shim": True}
+    assert res["installed"] is True and res["activation"] == "VLLM_PG_SHIM=1"
+    assert res["names"] == ALL_WRAPPED
+
+
+@pytest.mark.parametrize("value,warns", [("0", False), ("off", False), ("", False), ("OFF", False),
+                                         ("yes", True), ("2", True)])
+def test_env_values_other_than_1_leave_the_shim_off(tmp_path, value, warns):
+    r = run_python(
+        """
+        import sys
+        import vllm_pg_shim
+        print("RESULT " + json.dumps({"installed": vllm_pg_shim.status()["installed"],
+                                      "torch": "torch" in sys.modules}))
+        """,
+        env_extra={"VLLM_PG_SHIM": value},
+        tmp_path=tmp_path,
+    )
+    assert r["result"] == {"installed": False, "torch": False}
+    warned = r["log"].count("accepted values")
+    assert warned == (1 if warns else 0), r["log"]
+
+
+def test_vllm_plugin_entry_point_is_registered():
+    from importlib.metadata import entry_points
+
+    eps = entry_points(group="vllm.general_plugins")
+    assert any(ep.value == "vllm_pg_shim._startup:vllm_plugin" for ep in eps)
+
+
+def test_doctor_runs_as_console_script_and_module(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_PG_SHIM")}
+    env["PYTHONPATH"] = str(FAKE)
+    out = subprocess.run([sys.executable, "-m", "vllm_pg_shim", "doctor"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "family         v1_latest" in out.stdout and "WORLD here     none" in out.stdout
+    script = Path(sys.executable).with_name("vllm-pg-shim")
+    out2 = subprocess.run([str(script), "doctor", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert out2.returncode == 0 and json.loads(out2.stdout)["family"] == "v1_latest"
