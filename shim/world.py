@@ -34,6 +34,7 @@ from typing import Any, Iterator
 import torch.distributed.distributed_c10d as c10d
 
 NAME_PREFIX = "vllm_pg_shim."
+PACKAGE_REEXPORTS = ("init_process_group", "get_rank")
 
 _current_private: contextvars.ContextVar[PrivateWorld | None] = contextvars.ContextVar(
     "vllm_pg_shim_current_private_world", default=None
@@ -309,6 +310,17 @@ def _routed_update_default_pg(real):
     return _update_default_pg
 
 
+def _routed_get_rank(real):
+    def get_rank(group=None):
+        # torch computes a group rank from the default group's rank, i.e. the *current* world's: for a group
+        # of another world that is the wrong world. A member's group knows its own rank.
+        if group is not None and _current_private.get() is None and any(group in w.pg_map for w in _live):
+            return group.rank()
+        return real(group)
+
+    return get_rank
+
+
 def _safe(fn) -> None:
     try:
         fn()
@@ -340,14 +352,16 @@ def _install_router() -> None:
     from . import rendezvous
 
     replacements["init_process_group"] = rendezvous.routed_init_process_group(c10d.init_process_group)
+    replacements["get_rank"] = _routed_get_rank(c10d.get_rank)
     for name, fn in replacements.items():
         saved[name] = getattr(c10d, name)
         setattr(c10d, name, fn)
-    # torch.distributed re-exports init_process_group; vLLM calls it through the package.
+    # torch.distributed re-exports these; vLLM calls them through the package.
     import torch.distributed as dist
 
-    saved["dist.init_process_group"] = dist.init_process_group
-    dist.init_process_group = replacements["init_process_group"]
+    for name in PACKAGE_REEXPORTS:
+        saved[f"dist.{name}"] = getattr(dist, name)
+        setattr(dist, name, replacements[name])
     c10d._world.__class__ = RoutingWorld
     _router_saved = saved
 
@@ -360,7 +374,8 @@ def _remove_router() -> None:
     import torch.distributed as dist
 
     c10d._world.__class__ = saved.pop("__class__")
-    dist.init_process_group = saved.pop("dist.init_process_group")
+    for name in PACKAGE_REEXPORTS:
+        setattr(dist, name, saved.pop(f"dist.{name}"))
     for name, fn in saved.items():
         setattr(c10d, name, fn)
 

@@ -33,7 +33,7 @@ def clean_tokens(tmp_path_factory, model):
     return out.ranks[0]["tokens"][0]
 
 
-def assert_healthy(out, *, world: int, engine_ranks, clean_tokens, cycles: int = 1):
+def assert_healthy(out, *, world: int, engine_ranks, clean_tokens, cycles: int = 1, in_process: bool = True):
     assert not out.timed_out and out.returncode == 0, out.describe()
     assert out.leftovers == [], out.describe()
     assert sorted(out.ranks) == list(range(world)), out.describe()
@@ -42,8 +42,13 @@ def assert_healthy(out, *, world: int, engine_ranks, clean_tokens, cycles: int =
         assert data["world_all_reduce_ok"] and data["subgroup_all_reduce_ok"] and data["broadcast_ok"], data
         assert (data["host_rank"], data["host_world_size"]) == (rank, world)
         status = data.get("shim_status")
-        if status is not None:  # after the engine: the private world is gone, the router with it
-            assert status["world"]["private_worlds"] == [] and not status["world"]["router_installed"], status
+        if status is not None:
+            # the rank still holds its engine: an in-process engine keeps exactly one private world of 1
+            holds_private = in_process and rank in engine_ranks
+            worlds = status["world"]["private_worlds"]
+            assert [(w["size"], w["rank"]) for w in worlds] == ([(1, 0)] if holds_private else []), status
+            assert status["world"]["router_installed"] is holds_private
+            assert status["world"]["host_world"] == "foreign"
         if rank in engine_ranks:
             assert data["tokens"] == [clean_tokens] * cycles, (data["tokens"], clean_tokens)
 
@@ -52,7 +57,7 @@ def assert_healthy(out, *, world: int, engine_ranks, clean_tokens, cycles: int =
 @pytest.mark.parametrize("activation", ["install", "env"])
 def test_seed_case_with_shim(tmp_path, model, clean_tokens, mode, activation):
     out = run_scenario(tmp_path, model=model, activation=activation, in_process=MODES[mode], timeout=180)
-    assert_healthy(out, world=2, engine_ranks=[0], clean_tokens=clean_tokens)
+    assert_healthy(out, world=2, engine_ranks=[0], clean_tokens=clean_tokens, in_process=MODES[mode])
     status = out.ranks[0]["shim_status"]
     assert status["installed"] and status["family"] == "v1_latest"
     assert status["activation"] == ("install()" if activation == "install" else "VLLM_PG_SHIM=1")
@@ -89,8 +94,9 @@ def test_engine_on_rank_1(tmp_path, model, clean_tokens):
 def test_build_delete_build_again(tmp_path, model, clean_tokens, mode):
     out = run_scenario(tmp_path, model=model, activation="install", in_process=MODES[mode], cycles=2,
                        timeout=240)
-    assert_healthy(out, world=2, engine_ranks=[0], clean_tokens=clean_tokens, cycles=2)
-    assert "deleted_0" in out.stages(0)
+    assert_healthy(out, world=2, engine_ranks=[0], clean_tokens=clean_tokens, cycles=2, in_process=MODES[mode])
+    after_delete = out.ranks[0]["status_after_delete_0"]["world"]
+    assert after_delete["private_worlds"] == [] and not after_delete["router_installed"], after_delete
 
 
 def test_no_foreign_world_behaves_exactly_as_stock(tmp_path, model, clean_tokens):

@@ -57,6 +57,13 @@ def _session_members(sid: int) -> list[psutil.Process]:
     return members
 
 
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def kill_tree(root_pid: int) -> list[str]:
     """SIGKILL the process, its descendants and anything left in its session; returns what was killed."""
     victims: dict[int, psutil.Process] = {}
@@ -69,6 +76,8 @@ def kill_tree(root_pid: int) -> list[str]:
     victims.update({p.pid: p for p in _session_members(root_pid)})
     killed = []
     for proc in victims.values():
+        if not _alive(proc):
+            continue  # already dead, or only not yet reaped by its parent
         try:
             killed.append(f"{proc.pid}:{' '.join(proc.cmdline())[:80]}")
             proc.send_signal(signal.SIGKILL)
@@ -98,7 +107,12 @@ def run_bounded(cmd: list[str], *, timeout: float, env: dict | None = None, cwd:
                 if now >= deadline:
                     timed_out = True
                     break
-        # Whatever is still alive in the session now is either the hang or a leak: both are reported.
+        if not timed_out:
+            # multiprocessing's resource tracker ends a moment after its last user: give helpers that
+            # moment, then whatever is still alive in the session is a leak, reported and killed.
+            settle = time.monotonic() + 5
+            while time.monotonic() < settle and any(_alive(p) for p in _session_members(proc.pid)):
+                time.sleep(0.2)
         leftovers = kill_tree(proc.pid)
         if returncode is None:
             proc.wait()

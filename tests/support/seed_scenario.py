@@ -105,7 +105,12 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
                 import gc
 
                 gc.collect()
-                _write(out, rank, stage=f"deleted_{cycle}")
+                extra = {}
+                if args.activation != "stock":
+                    import vllm_pg_shim
+
+                    extra[f"status_after_delete_{cycle}"] = vllm_pg_shim.status()
+                _write(out, rank, stage=f"deleted_{cycle}", **extra)
             else:
                 _HELD_ENGINES.append(llm)
     result = host_collectives(rank, args.world)

