@@ -16,6 +16,14 @@ import weakref
 _watched_pid: int | None = None
 
 
+class _AfterFork:
+    """An object for multiprocessing's after-fork registry (it keeps only weak references)."""
+
+
+_after_fork_token = _AfterFork()
+_after_fork_registered = False
+
+
 def _is_vllm_callback(func) -> bool:
     module = getattr(func, "__module__", None) or type(func).__module__ or ""
     return module == "vllm" or module.startswith("vllm.")
@@ -41,8 +49,17 @@ def run_vllm_finalizers() -> int:
 
 
 def watch_multiprocessing_child_exit() -> None:
-    """In a multiprocessing child, run vLLM's finalizers before the child joins its own children."""
-    global _watched_pid
+    """In a multiprocessing child, run vLLM's finalizers before the child joins its own children.
+
+    Called on install and whenever a target module is imported: a spawned child runs the .pth before
+    multiprocessing has bootstrapped it (and the bootstrap clears the finalizer registry), so the check is
+    repeated once vLLM is imported. A forked child re-registers through multiprocessing's after-fork hook,
+    which runs right after that clear.
+    """
+    global _watched_pid, _after_fork_registered
+    if not _after_fork_registered:
+        _after_fork_registered = True
+        multiprocessing.util.register_after_fork(_after_fork_token, lambda _: watch_multiprocessing_child_exit())
     if multiprocessing.parent_process() is None or _watched_pid == os.getpid():
         return
     _watched_pid = os.getpid()

@@ -110,6 +110,9 @@ def _on_import(module: ModuleType, generation: int) -> None:
     with _lock:
         if not _state.installed or generation != _state.generation or _state.family is None:
             return  # a hook left by an earlier install (wrapt cannot unregister hooks)
+        from . import _exit
+
+        _exit.watch_multiprocessing_child_exit()
         family_module = _state.family.patch_module()
         for target in _state.family.targets:
             if target.module == module.__name__:

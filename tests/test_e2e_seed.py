@@ -63,6 +63,26 @@ def test_seed_case_with_shim(tmp_path, model, clean_tokens, mode, activation):
     assert status["activation"] == ("install()" if activation == "install" else "VLLM_PG_SHIM=1")
 
 
+def test_install_after_vllm_was_imported(tmp_path, model, clean_tokens):
+    out = run_scenario(tmp_path, model=model, activation="install-late", in_process=True, timeout=180)
+    assert_healthy(out, world=2, engine_ranks=[0], clean_tokens=clean_tokens)
+
+
+@pytest.mark.parametrize("activation", ["stock", "install"])
+def test_world_inherited_through_fork(tmp_path, model, clean_tokens, activation):
+    """A host rank forks a child that builds an in-process engine: the child inherits the host's WORLD (its
+    sockets are the parent's). Stock, vLLM builds its groups over that WORLD and hangs; with the shim the
+    inherited WORLD counts as foreign and vLLM gets a private world in the child.
+    (vLLM's CPU build always spawns its own processes, so the fork is the host's here.)"""
+    out = run_scenario(tmp_path, model=model, activation=activation, in_process=True, fork_engine=True,
+                       timeout=75 if activation == "stock" else 180)
+    if activation == "stock":
+        assert out.timed_out and out.ranks_without("engine_built_0", [0]) == [0], out.describe()
+    else:
+        assert_healthy(out, world=2, engine_ranks=[0], clean_tokens=clean_tokens, in_process=False)
+        assert out.ranks[0]["fork_exitcode"] == 0
+
+
 def test_stock_in_process_engine_deadlocks(tmp_path, model):
     """vLLM's init_world_group calls new_group over the host's ranks; rank 1 never joins."""
     out = run_scenario(tmp_path, model=model, activation="stock", in_process=True, timeout=75)

@@ -67,25 +67,15 @@ ALL_WRAPPED = {k: "ShimWrapper" for k in
 ALL_PLAIN = {k: "function" for k in ALL_WRAPPED}
 
 
-def test_install_before_import_wraps_every_binding(tmp_path):
+@pytest.mark.parametrize("order", ["install-then-import", "import-then-install"])
+def test_install_wraps_every_binding_whatever_the_import_order(tmp_path, order):
     r = run_python(
-        """
+        f"""
         import vllm_pg_shim
+        if {order!r} == "import-then-install":
+            import_all()  # copies bound before the patch must be rebound
         vllm_pg_shim.install()
         import_all()
-        print("RESULT " + json.dumps(names()))
-        """,
-        tmp_path=tmp_path,
-    )
-    assert r["result"] == ALL_WRAPPED
-
-
-def test_install_after_import_rebinds_copies(tmp_path):
-    r = run_python(
-        """
-        import_all()
-        import vllm_pg_shim
-        vllm_pg_shim.install()
         print("RESULT " + json.dumps(names()))
         """,
         tmp_path=tmp_path,

@@ -85,7 +85,12 @@ def host_collectives(rank: int, world: int) -> dict:
 def rank_main(rank: int, args: argparse.Namespace) -> None:
     out = Path(args.out)
     _write(out, rank, stage="started", pid=os.getpid())
-    if args.activation == "install":
+    if args.activation == "install-late":
+        # vLLM and the modules that copy its functions with `from ... import` are loaded before the shim
+        import vllm.distributed  # noqa: F401
+        import vllm.v1.engine.core  # noqa: F401
+        import vllm.v1.worker.cpu_worker  # noqa: F401
+    if args.activation in ("install", "install-late"):
         import vllm_pg_shim
 
         vllm_pg_shim.install()
@@ -94,7 +99,15 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", world_size=args.world, rank=rank)
     _write(out, rank, stage="host_world_ready")
     tokens_per_cycle = []
-    if rank in args.engine_ranks:
+    if rank in args.engine_ranks and args.fork_engine:
+        # The engine is built in a child forked from this rank: the child inherits the host's WORLD objects.
+        import multiprocessing
+
+        child = multiprocessing.get_context("fork").Process(target=_forked_engine, args=(rank, args))
+        child.start()
+        child.join()
+        _write(out, rank, stage="fork_joined", fork_exitcode=child.exitcode)
+    elif rank in args.engine_ranks:
         for cycle in range(args.cycles):
             llm = build_llm(args.model)
             _write(out, rank, stage=f"engine_built_{cycle}")
@@ -123,6 +136,14 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
     _write(out, rank, stage="done")
 
 
+def _forked_engine(rank: int, args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    llm = build_llm(args.model)
+    _write(out, rank, stage="engine_built_0")
+    _write(out, rank, stage="generated_0", tokens=[generate(llm)])
+    del llm
+
+
 def clean_main(args: argparse.Namespace) -> None:
     """Reference: the same prompts in a clean process that owns no WORLD (``clean-shim``: shim installed)."""
     out = Path(args.out)
@@ -147,9 +168,10 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--world", type=int, default=2)
     p.add_argument("--engine-ranks", type=lambda s: [int(x) for x in s.split(",") if x], default=[0])
-    p.add_argument("--activation", choices=["stock", "install", "env", "clean", "clean-shim"], default="stock")
+    p.add_argument("--activation", choices=["stock", "install", "install-late", "env", "clean", "clean-shim"], default="stock")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--cycles", type=int, default=1)
+    p.add_argument("--fork-engine", action="store_true", help="build the engine in a child forked from the rank")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.activation.startswith("clean"):
