@@ -119,10 +119,14 @@ def _on_import(module: ModuleType, generation: int) -> None:
                 _patch_target(module, target, family_module)
 
 
-def _note_existing_vllm_world() -> None:
-    """vLLM may have initialised before the shim came (a clean process): that WORLD is vLLM's own, not foreign."""
-    ps = sys.modules.get("vllm.distributed.parallel_state")
-    if ps is not None and getattr(ps, "_WORLD", None) is not None:
+def _note_existing_vllm_world(family: Family) -> None:
+    """vLLM may have initialised before the shim came (a clean process): that WORLD is vLLM's own, not foreign.
+    The family names where vLLM keeps its world group (``world_state`` in compat_matrix.yaml)."""
+    if not family.world_state:
+        return
+    module_name, _, attr = family.world_state.partition(":")
+    module = sys.modules.get(module_name)
+    if module is not None and getattr(module, attr, None) is not None:
         from . import world
 
         world.note_vllm_owned_default()
@@ -147,7 +151,7 @@ def install(*, family: str | None = None, how: str = "install()") -> dict:
         for module_name in dict.fromkeys(t.module for t in chosen.targets):
             # wrapt runs the hook now if the module is already imported, else right after its import.
             wrapt.register_post_import_hook(functools.partial(_on_import, generation=_state.generation), module_name)
-        _note_existing_vllm_world()
+        _note_existing_vllm_world(chosen)
         from . import _exit
 
         _exit.watch_multiprocessing_child_exit()

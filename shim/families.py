@@ -40,6 +40,7 @@ class Family:
     releases: str
     module_name: str
     targets: tuple[Target, ...] = field(default=())
+    world_state: str | None = None  # "module:global" holding vLLM's world group once it has initialised
 
     def covers(self, version: str) -> bool:
         from packaging.specifiers import SpecifierSet
@@ -89,7 +90,7 @@ def families(path: str = str(MATRIX_PATH)) -> list[Family]:
                 for role in ROLES
                 for entry in (spec.get("targets") or {}).get(role) or ()
             )
-            result.append(Family(name, str(spec["releases"]), str(spec["module"]), targets))
+            result.append(Family(name, str(spec["releases"]), str(spec["module"]), targets, spec.get("world_state")))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ShimError(f"compat_matrix.yaml: family {name!r} is malformed ({exc!r})") from exc
     return result

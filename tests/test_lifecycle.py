@@ -281,3 +281,25 @@ def test_doctor_runs_as_console_script_and_module(tmp_path):
     script = Path(sys.executable).with_name("vllm-pg-shim")
     out2 = subprocess.run([str(script), "doctor", "--json"], capture_output=True, text=True, env=env, timeout=60)
     assert out2.returncode == 0 and json.loads(out2.stdout)["family"] == "v1_latest"
+
+
+@pytest.mark.parametrize("who", ["vllm", "host"])
+def test_install_after_a_world_exists_tells_vllms_own_world_from_a_foreign_one(tmp_path, who):
+    r = run_python(
+        f"""
+        import socket, torch.distributed as dist
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+        import vllm.distributed.parallel_state as ps
+        if {who!r} == "vllm":   # vLLM initialised first, in a clean process: its WORLD is its own
+            ps.init_distributed_environment(1, 0, f"tcp://127.0.0.1:{{port}}", backend="gloo")
+        else:
+            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{port}}", world_size=1, rank=0)
+        import vllm_pg_shim
+        vllm_pg_shim.install()
+        print("RESULT " + json.dumps(vllm_pg_shim.status()["world"]))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert r["result"]["host_world"] == ("vllm" if who == "vllm" else "foreign")
+    assert r["result"]["private_worlds"] == []
