@@ -57,3 +57,38 @@ for _version in E2E["versions"]:
         """End-to-end tier on one release; its result is written into compat_matrix.yaml."""
         install_e2e_env(session, version)
         session.run("python", "-m", "pytest", "tests/test_e2e_seed.py", "--record-matrix", *session.posargs)
+
+
+PG = MATRIX["tiers"]["pg-gloo"]
+
+
+def install_pg_env(session: nox.Session, version: str) -> None:
+    """vLLM without its dependencies, the torch its wheel pins (read from that wheel's metadata), and what vLLM's
+    distributed code imports: a few hundred MB beside torch instead of the whole engine's dependencies."""
+    session.install("--no-deps", f"vllm=={version}")
+    pin = session.run("python", "-c", READ_TORCH_PIN, silent=True).strip()
+    session.install(pin, *PG["with"], "wrapt", "packaging", "PyYAML", "pytest")
+    session.install("--no-deps", "--reinstall", ".")
+
+
+READ_TORCH_PIN = """
+import importlib.metadata as md
+from packaging.requirements import Requirement
+reqs = [Requirement(r) for r in md.requires("vllm") or []]
+torch = [r for r in reqs if r.name == "torch" and (r.marker is None or r.marker.evaluate({"extra": ""}))]
+print(f"torch{torch[0].specifier}" if torch else "torch")
+"""
+
+
+def run_pg_tier(session: nox.Session, *extra: str) -> None:
+    session.run("python", "-m", "pytest", "tests/test_pg_tier.py", *extra, *session.posargs,
+                env={"VLLM_PG_SHIM_BARE_IMPORT": "1"})
+
+
+for _version in PG["versions"]:
+
+    @nox.session(name=f"pg-{_version}", venv_backend="uv", python="3.11")
+    def pg(session: nox.Session, version: str = _version) -> None:
+        """Process-group tier on one release; its result is written into compat_matrix.yaml."""
+        install_pg_env(session, version)
+        run_pg_tier(session, "--record-matrix")

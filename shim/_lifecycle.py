@@ -82,8 +82,9 @@ def _patch_target(module: ModuleType, target: Target, family_module: ModuleType)
         owner, attr = _resolve_owner(module, target.qualname)
         original = vars(owner)[attr] if isinstance(owner, type) else getattr(owner, attr)
     except (AttributeError, KeyError):
-        _state.missing.append(str(target))
-        log.warning("vllm-pg-shim: %s is not in this vLLM release; not wrapped", target)
+        if not target.optional:
+            _state.missing.append(str(target))
+            log.warning("vllm-pg-shim: %s is not in this vLLM release; not wrapped", target)
         return
     if is_shim_wrapper(original):
         return

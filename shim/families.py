@@ -29,6 +29,14 @@ class Target:
     module: str
     qualname: str
     role: str
+    optional: bool = False  # absent from some releases of the family
+
+    @classmethod
+    def parse(cls, entry: str, role: str) -> "Target":
+        module, _, qualname = entry.rstrip("?").partition(":")
+        if not module or not qualname:
+            raise ValueError(f"target {entry!r} is not 'module:qualname'")
+        return cls(module, qualname, role, optional=entry.endswith("?"))
 
     def __str__(self) -> str:
         return f"{self.module}:{self.qualname}"
@@ -86,7 +94,7 @@ def families(path: str = str(MATRIX_PATH)) -> list[Family]:
     for name, spec in load_matrix(path)["families"].items():
         try:
             targets = tuple(
-                Target(*entry.split(":", 1), role=role)
+                Target.parse(entry, role)
                 for role in ROLES
                 for entry in (spec.get("targets") or {}).get(role) or ()
             )

@@ -12,20 +12,26 @@ def pytest_addoption(parser):
                      help="record this run's end-to-end outcome for the installed vLLM in compat_matrix.yaml")
 
 
-_outcomes: dict[str, str] = {}
+_outcomes: dict[str, dict[str, str]] = {}  # test file -> nodeid -> outcome
+_details: dict[str, str] = {}  # what tests reported with record_property (e.g. the stock outcome)
 
 
 def pytest_runtest_logreport(report):
-    if report.when == "call" or report.outcome != "passed":
-        if "test_e2e_seed.py" in report.nodeid:
-            _outcomes[report.nodeid] = report.outcome
+    from support.record import TIERS
+
+    test_file = report.nodeid.split("::")[0].rsplit("/", 1)[-1]
+    if test_file in TIERS and (report.when == "call" or report.outcome != "passed"):
+        _outcomes.setdefault(test_file, {})[report.nodeid] = report.outcome
+        _details.update(dict(report.user_properties))
 
 
 def pytest_sessionfinish(session, exitstatus):
     if not session.config.getoption("--record-matrix") or not _outcomes:
         return
     from support.matrix_table import rewrite
-    from support.record import record_e2e
+    from support.record import record
 
-    record_e2e(_outcomes, Path(__file__).parents[1] / "compat_matrix.yaml")
+    for test_file, outcomes in _outcomes.items():
+        record(outcomes, Path(__file__).parents[1] / "compat_matrix.yaml", test_file,
+               {"stock_outcome": "failure", **_details})
     rewrite()  # the README's table follows the matrix

@@ -164,7 +164,7 @@ def test_status_says_what_and_why(tmp_path):
         tmp_path=tmp_path,
     )
     before, after = r["result"]["before"], r["result"]["after"]
-    assert before["installed"] is False and before["family"] == "v1_latest"
+    assert before["installed"] is False and before["family"] == "v1"
     assert after["installed"] is True and after["activation"] == "install()"
     assert after["vllm"] == {"distribution": "vllm", "version": "0.32.0"}
     assert after["world"]["host_world"] == "none"
@@ -192,14 +192,14 @@ def test_unknown_release_is_refused_with_a_clear_message_and_can_be_forced(tmp_p
             vllm_pg_shim.install(); refused = None
         except vllm_pg_shim.ShimError as exc:
             refused = str(exc)
-        forced = vllm_pg_shim.install(family="v1_latest")
+        forced = vllm_pg_shim.install(family="v1")
         print("RESULT " + json.dumps({"refused": refused, "family": forced["family"]}))
         """,
         pythonpath=fake,
         tmp_path=tmp_path,
     )
     assert "0.99.0" in r["result"]["refused"] and "VLLM_PG_SHIM_FORCE" in r["result"]["refused"]
-    assert r["result"]["family"] == "v1_latest"
+    assert r["result"]["family"] == "v1"
 
 
 def test_dev_and_local_builds_are_matched_by_their_release(tmp_path):
@@ -277,10 +277,10 @@ def test_doctor_runs_as_console_script_and_module(tmp_path):
     out = subprocess.run([sys.executable, "-m", "vllm_pg_shim", "doctor"], capture_output=True, text=True,
                          env=env, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "family         v1_latest" in out.stdout and "WORLD here     none" in out.stdout
+    assert "family         v1" in out.stdout and "WORLD here     none" in out.stdout
     script = Path(sys.executable).with_name("vllm-pg-shim")
     out2 = subprocess.run([str(script), "doctor", "--json"], capture_output=True, text=True, env=env, timeout=60)
-    assert out2.returncode == 0 and json.loads(out2.stdout)["family"] == "v1_latest"
+    assert out2.returncode == 0 and json.loads(out2.stdout)["family"] == "v1"
 
 
 @pytest.mark.parametrize("who", ["vllm", "host"])

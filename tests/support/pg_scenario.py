@@ -1,0 +1,173 @@
+"""The process-group tier: one vLLM release's own distributed code, run for real on gloo inside a host WORLD.
+
+Run as a script in a venv that holds that release (``nox -s pg-<version>``). The parent spawns ``--world``
+host ranks with torch.multiprocessing; each joins a gloo WORLD. The ranks in ``--engines`` (groups separated by
+``/``, ranks by ``,``) each drive vLLM's initialisation the way that release's worker does, as one vLLM world
+per group (TP = the group's size): ``init_distributed_environment`` then ``ensure_model_parallel_initialized``
+with the arguments that release's signature takes; then collectives on vLLM's groups; then vLLM's teardown;
+then every host rank checks the host's WORLD and a fresh host subgroup. Progress goes to ``rank<N>.json``.
+
+``VLLM_PG_SHIM_BARE_IMPORT=1`` imports ``vllm.distributed`` without running ``vllm/__init__.py`` (which pulls the
+whole engine and its dependencies): the release's distributed code is all this tier runs, so its venv holds
+vLLM without its dependencies, torch, and the few packages that code imports.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.seed_scenario import _write  # noqa: E402
+
+
+def import_parallel_state():
+    if os.environ.get("VLLM_PG_SHIM_BARE_IMPORT") == "1" and "vllm" not in sys.modules:
+        import importlib.util
+        import types
+
+        spec = importlib.util.find_spec("vllm")  # locates the package without running its __init__
+        package = types.ModuleType("vllm")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__, package.__file__ = spec, spec.origin
+        sys.modules["vllm"] = package
+    import vllm.distributed  # noqa: F401  (as vLLM's workers import it)
+    import vllm.distributed.parallel_state as ps
+
+    return ps
+
+
+def call_with_supported(fn, positional: tuple, optional: dict):
+    """Call ``fn`` with the keyword arguments its signature (this release's) accepts."""
+    params = inspect.signature(fn).parameters
+    return fn(*positional, **{k: v for k, v in optional.items() if k in params})
+
+
+def drive_vllm(ps, *, world_size: int, rank: int, port: int) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    call_with_supported(ps.init_distributed_environment, (), dict(
+        world_size=world_size, rank=rank, distributed_init_method=f"tcp://127.0.0.1:{port}", local_rank=rank,
+        backend="gloo"))
+    call_with_supported(ps.ensure_model_parallel_initialized, (world_size, 1), dict(backend="gloo"))
+    expected = float(world_size * (world_size + 1) // 2)
+    result = {"vllm_world_size": world_size, "vllm_rank": rank}
+    if hasattr(ps, "get_tp_group"):  # GroupCoordinator releases
+        for name in ("get_world_group", "get_tp_group"):
+            coordinator = getattr(ps, name)()
+            t = coordinator.all_reduce(torch.tensor([float(rank + 1)]))
+            coordinator.barrier()
+            # the same collectives straight on vLLM's groups, outside any wrapped call: global ranks (vLLM's)
+            # must be translated through vLLM's world even though the host's is current here
+            raw = raw_collectives(coordinator.cpu_group, coordinator.ranks, rank)
+            result[name] = {"size": coordinator.world_size, "all_reduce": t.item(), **raw,
+                            "ok": t.item() == expected and coordinator.world_size == world_size and raw["raw_ok"]}
+    else:  # 0.5.0: module-level groups; the step path broadcasts over the default group
+        from vllm.distributed.communication_op import broadcast_tensor_dict
+
+        group = ps.get_tensor_model_parallel_group()
+        raw = raw_collectives(group, list(range(world_size)), rank)
+        data = broadcast_tensor_dict({"x": torch.tensor([7.0])} if rank == 0 else None, src=0)
+        result["get_tp_group"] = {"size": dist.get_world_size(group), **raw,
+                                  "ok": raw["raw_ok"] and data["x"].item() == 7.0}
+    for name in ("destroy_model_parallel", "destroy_distributed_environment", "cleanup_dist_env_and_memory"):
+        fn = getattr(ps, name, None)
+        if fn is not None:
+            fn()
+    result["vllm_ok"] = all(v["ok"] for k, v in result.items() if k.startswith("get_"))
+    return result
+
+
+def raw_collectives(group, global_ranks: list[int], rank: int) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    n = len(global_ranks)
+    t = torch.tensor([float(rank + 1)])
+    dist.all_reduce(t, group=group)
+    b = torch.tensor([float(rank)])
+    dist.broadcast(b, src=global_ranks[-1], group=group)
+    dist.barrier(group=group)
+    ok = t.item() == float(n * (n + 1) // 2) and b.item() == float(n - 1)
+    return {"raw_all_reduce": t.item(), "raw_broadcast": b.item(), "raw_ok": ok}
+
+
+def host_checks(rank: int, world: int) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(rank + 1)])
+    dist.all_reduce(t)
+    sub = dist.new_group(list(range(world)))
+    s = torch.tensor([float(rank + 1)])
+    dist.all_reduce(s, group=sub)
+    expected = float(world * (world + 1) // 2)
+    return {"host_world_ok": t.item() == expected and dist.get_world_size() == world and dist.get_rank() == rank,
+            "host_subgroup_ok": s.item() == expected}
+
+
+def rank_main(rank: int, args) -> None:
+    out = Path(args.out)
+    _write(out, rank, stage="started", pid=os.getpid())
+    if args.activation == "install":
+        import vllm_pg_shim
+
+        vllm_pg_shim.install()
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.host_port}", world_size=args.world,
+                            rank=rank)
+    _write(out, rank, stage="host_world_ready")
+    for index, members in enumerate(args.engines):
+        if rank in members:
+            ps = import_parallel_state()
+            _write(out, rank, stage="vllm_imported")
+            try:
+                result = drive_vllm(ps, world_size=len(members), rank=members.index(rank),
+                                    port=args.engine_ports[index])
+            except Exception as exc:  # a release's own error (e.g. the world-size check): recorded, then raised
+                _write(out, rank, stage="vllm_error", error=f"{type(exc).__name__}: {exc}",
+                       traceback=traceback.format_exc()[-3000:])
+                raise
+            _write(out, rank, stage="vllm_done", **result)
+    result = host_checks(rank, args.world)
+    if args.activation == "install":
+        import vllm_pg_shim
+
+        status = vllm_pg_shim.status()
+        result.update(family=status["family"], private_worlds_after=len(status["world"]["private_worlds"]),
+                      router_after=status["world"]["router_installed"])
+    _write(out, rank, stage="host_checks_done", **result)
+    dist.destroy_process_group()
+    _write(out, rank, stage="done")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--world", type=int, default=2)
+    p.add_argument("--engines", default="0", help="vLLM worlds: host ranks, e.g. '0' or '0/2,3' (TP=2 on 2,3)")
+    p.add_argument("--activation", choices=["stock", "install"], default="install")
+    args = p.parse_args(argv)
+    args.engines = [[int(r) for r in group.split(",")] for group in args.engines.split("/") if group]
+    args.host_port = free_port()
+    args.engine_ports = [free_port() for _ in args.engines]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    import torch.multiprocessing as mp
+
+    mp.spawn(rank_main, args=(args,), nprocs=args.world, join=True)
+
+
+if __name__ == "__main__":
+    main()

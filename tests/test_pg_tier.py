@@ -1,0 +1,66 @@
+"""The process-group tier: the installed vLLM release's own distributed code, for real, on gloo, inside a host
+WORLD made by torch.multiprocessing. Runs in any venv that holds a vLLM (``nox -s pg-<version>`` makes one per
+release, with only what vLLM's distributed code imports). Every scenario is bounded and its tree killed."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.harness import _read_ranks, run_bounded
+
+pytestmark = pytest.mark.pg
+pytest.importorskip("vllm", reason="the process-group tier needs a vLLM release installed")
+
+SCRIPT = Path(__file__).with_name("support") / "pg_scenario.py"
+
+
+def run_pg(tmp_path, *, world, engines, activation, timeout):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_PG_SHIM_") or k == "VLLM_PG_SHIM_BARE_IMPORT"}
+    env.pop("VLLM_PG_SHIM", None)
+    # vLLM's CUDA wheels find libnccl beside torch and would build NCCL communicators for CPU tensors
+    env.setdefault("VLLM_NCCL_SO_PATH", "/nonexistent/libnccl.so.2")
+    cmd = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--world", str(world), "--engines", engines,
+           "--activation", activation]
+    ranks_expected = world
+
+    def finished():
+        ranks = _read_ranks(tmp_path)
+        return len(ranks) == ranks_expected and all("done" in [s for s, _ in r["stages"]] for r in ranks.values())
+
+    returncode, timed_out, elapsed, leftovers = run_bounded(cmd, timeout=timeout, env=env, log_path=tmp_path / "log",
+                                                            finished=finished)
+    return returncode, timed_out, _read_ranks(tmp_path), (tmp_path / "log").read_text()[-4000:], leftovers
+
+
+def stages(ranks, r):
+    return [s for s, _ in ranks.get(r, {}).get("stages", [])]
+
+
+@pytest.mark.parametrize("world,engines", [(2, "1"), (4, "0/2/3")], ids=["world2-engine-on-rank1",
+                                                                        "world4-engines-on-0-2-3"])
+def test_pg_tier_with_shim(tmp_path, world, engines):
+    returncode, timed_out, ranks, log, leftovers = run_pg(tmp_path, world=world, engines=engines,
+                                                          activation="install", timeout=120)
+    missing = [r for r in range(world) if "done" not in stages(ranks, r)]
+    assert not timed_out and returncode == 0 and not missing, f"ranks {missing} never finished:\n{log}"
+    assert leftovers == []
+    engine_ranks = {int(r) for group in engines.split("/") for r in group.split(",")}
+    for rank, data in ranks.items():
+        assert data["host_world_ok"] and data["host_subgroup_ok"], data
+        assert data["private_worlds_after"] == 0 and data["router_after"] is False, data
+        if rank in engine_ranks:
+            assert data["vllm_ok"], data
+
+
+def test_pg_tier_stock_reproduces_the_failure(tmp_path, record_property):
+    """Stock, vLLM on rank 0 of a host WORLD of 2 must fail: a hang (stopped) or the world-size error."""
+    returncode, timed_out, ranks, log, _ = run_pg(tmp_path, world=2, engines="0", activation="stock", timeout=45)
+    error = ranks.get(0, {}).get("error", "")
+    hung = timed_out and "vllm_done" not in stages(ranks, 0)
+    world_size_error = "vllm_error" in stages(ranks, 0) and "world_size" in error
+    assert hung or world_size_error, f"stock vLLM did not fail here:\n{log}"
+    record_property("stock_outcome", "hang in init_distributed_environment (stopped after 45 s)" if hung
+                    else f"error: {error[:120]}")
