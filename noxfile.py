@@ -3,6 +3,7 @@
 - ``tests`` (default): the whole suite on the default end-to-end release (unit, torch-level, real engine).
 - ``demo``: the seed scenario stock and with the shim, side by side.
 - ``e2e-<version>``: the end-to-end tier on one listed release, recording its result in compat_matrix.yaml.
+- ``pg-<version>`` (tag ``matrix``: ``nox -t matrix`` runs all): the process-group tier on one release, recording.
 
 Virtual environments live outside the checkout (``$VLLM_PG_SHIM_CACHE/nox``, default ``~/.cache/vllm-pg-shim``)
 and are reused, so a fresh clone does not download vLLM again.
@@ -38,9 +39,12 @@ def install_e2e_env(session: nox.Session, version: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The default suite: unit, torch-level and end-to-end tests on the default vLLM CPU release."""
+    """The default suite: unit, torch-level and end-to-end tests on the default vLLM CPU release, then the
+    process-group tier on one release per family (the matrix's ``pg-gloo.default``)."""
     install_e2e_env(session, E2E["default"])
     session.run("python", "-m", "pytest", "tests", *session.posargs)
+    for version in MATRIX["tiers"]["pg-gloo"]["default"]:
+        session.notify(f"pg-check-{version}")
 
 
 @nox.session
@@ -64,11 +68,35 @@ PG = MATRIX["tiers"]["pg-gloo"]
 
 def install_pg_env(session: nox.Session, version: str) -> None:
     """vLLM without its dependencies, the torch its wheel pins (read from that wheel's metadata), and what vLLM's
-    distributed code imports: a few hundred MB beside torch instead of the whole engine's dependencies."""
-    session.install("--no-deps", f"vllm=={version}")
+    distributed code imports (found by importing it: each missing module's package is added, a few rounds):
+    a few hundred MB beside torch instead of the whole engine's dependencies."""
+    session.install("--no-deps", f"vllm=={version}", "packaging")
     pin = session.run("python", "-c", READ_TORCH_PIN, silent=True).strip()
     session.install(pin, *PG["with"], "wrapt", "packaging", "PyYAML", "pytest")
     session.install("--no-deps", "--reinstall", ".")
+    for _ in range(30):
+        output = session.run("python", "-c", FIND_MISSING_MODULE, silent=True,
+                             env={"VLLM_PG_SHIM_BARE_IMPORT": "1", "VLLM_NCCL_SO_PATH": NO_NCCL})
+        missing = [line.split()[1] for line in output.splitlines() if line.startswith("MISSING ")]
+        if not missing:
+            return
+        session.install(PG["packages"].get(missing[0], missing[0]))
+    session.error("vLLM's distributed code still misses modules after 30 rounds")
+
+
+# Runs vLLM's distributed code once as the tier does (a clean process, a world of 1: its lazy imports too);
+# prints the first missing top-level module, if any.
+FIND_MISSING_MODULE = """
+import socket, sys
+sys.path.insert(0, "tests")
+from support.pg_scenario import drive_vllm, import_parallel_state
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+try:
+    drive_vllm(import_parallel_state(), world_size=1, rank=0, port=port)
+except ModuleNotFoundError as exc:
+    print("MISSING " + exc.name.split(".")[0])
+"""
 
 
 READ_TORCH_PIN = """
@@ -80,14 +108,27 @@ print(f"torch{torch[0].specifier}" if torch else "torch")
 """
 
 
+# vLLM's CUDA wheels find libnccl beside torch and would build NCCL communicators for CPU tensors.
+NO_NCCL = "/nonexistent/libnccl.so.2"
+
+
 def run_pg_tier(session: nox.Session, *extra: str) -> None:
     session.run("python", "-m", "pytest", "tests/test_pg_tier.py", *extra, *session.posargs,
-                env={"VLLM_PG_SHIM_BARE_IMPORT": "1"})
+                env={"VLLM_PG_SHIM_BARE_IMPORT": "1", "VLLM_NCCL_SO_PATH": NO_NCCL})
+
+
+for _version in PG["default"]:
+
+    @nox.session(name=f"pg-check-{_version}", venv_backend="uv", python="3.11")
+    def pg_check(session: nox.Session, version: str = _version) -> None:
+        """Process-group tier on a family's default release, as part of ``tests`` (records nothing)."""
+        install_pg_env(session, version)
+        run_pg_tier(session)
 
 
 for _version in PG["versions"]:
 
-    @nox.session(name=f"pg-{_version}", venv_backend="uv", python="3.11")
+    @nox.session(name=f"pg-{_version}", venv_backend="uv", python="3.11", tags=["matrix"])
     def pg(session: nox.Session, version: str = _version) -> None:
         """Process-group tier on one release; its result is written into compat_matrix.yaml."""
         install_pg_env(session, version)

@@ -25,6 +25,7 @@ def doctor(as_json: bool = False) -> int:
         f"torch          {info['torch'] or 'not installed'}",
         f"python         {info['python']}",
         f"family         {info['family'] or '-'}" + (f"  ({info['family_releases']})" if info["family"] else ""),
+        f"decided by     {_decision(info)}",
         f"activation     {activation}",
         f"installed      {'yes' if info['installed'] else 'no'}",
         f"WORLD here     {world['host_world']}" + ("  (foreign: vLLM would get a private world)"
@@ -34,6 +35,14 @@ def doctor(as_json: bool = False) -> int:
     ]
     print("\n".join(lines))
     return 0
+
+
+def _decision(info: dict) -> str:
+    decision = info.get("family_decision")
+    if decision is None:
+        return "-"
+    return {"matrix": "compat_matrix.yaml covers this release", "forced": decision["note"],
+            "shape": decision["note"]}[decision["how"]]
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from . import ShimError, __version__, _env
-from .families import Family, Target, select, vllm_distribution
+from .families import Decision, Family, Target, decide, vllm_distribution
 
 log = logging.getLogger("vllm_pg_shim")
 
@@ -35,6 +35,7 @@ class _State:
     installed: bool = False
     how: str | None = None
     family: Family | None = None
+    decision: Decision | None = None
     distribution: tuple[str, str] | None = None
     generation: int = 0
     replacements: list[_Replacement] = field(default_factory=list)
@@ -141,11 +142,17 @@ def install(*, family: str | None = None, how: str = "install()") -> dict:
         if dist is None:
             raise ShimError("vllm-pg-shim: vLLM is not installed in this environment; nothing to patch")
         _check_torch_distributed()
-        chosen = select(dist[1], forced=family or _env.forced_family())
+        decision = decide(dist[1], dist[0], forced=family or _env.forced_family())
+        chosen = decision.family
         chosen.patch_module()  # fail here, not in an import hook, if the family module is broken
         import wrapt
 
+        if decision.how == "shape":
+            import warnings
+
+            warnings.warn(f"vllm-pg-shim: {decision.note}", RuntimeWarning, stacklevel=3)
         _state.installed, _state.how, _state.family, _state.distribution = True, how, chosen, dist
+        _state.decision = decision
         _state.generation += 1
         _state.missing.clear()
         _state.last_error = None
@@ -224,14 +231,15 @@ def status() -> dict:
         "python": sys.version.split()[0],
         "pid": os.getpid(),
     }
-    fam = _state.family
-    if fam is None and dist is not None:
+    decision = _state.decision if _state.installed else None
+    if decision is None and dist is not None:
         try:
-            fam = select(dist[1], forced=env.forced_family())
+            decision = decide(dist[1], dist[0], forced=env.forced_family())
         except ShimError as exc:
             result["reason"] = str(exc)
-    if fam is not None:
-        result["family"], result["family_releases"] = fam.name, fam.releases
+    if decision is not None:
+        result["family"], result["family_releases"] = decision.family.name, decision.family.releases
+        result["family_decision"] = {"how": decision.how, "note": decision.note}
     if "torch.distributed.distributed_c10d" in sys.modules:
         from . import world
 

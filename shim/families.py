@@ -114,18 +114,52 @@ def vllm_distribution() -> tuple[str, str] | None:
     return None
 
 
-def select(version: str, forced: str | None = None) -> Family:
+@dataclass(frozen=True)
+class Decision:
+    """Which family applies to the installed vLLM, and why (shown by status() and doctor)."""
+
+    family: Family
+    how: str  # "matrix" (its range covers the release), "forced" (VLLM_PG_SHIM_FORCE), "shape" (unknown release)
+    note: str = ""
+
+
+def nearest(version: str, known: list[Family]) -> Family:
+    """The family of the closest covered release: the newest for a newer build, the oldest for an older one."""
+    from packaging.version import Version
+
+    key = Version(release_key(version))
+    lowest = [(min((Version(s.version) for s in _specifiers(f) if s.operator in (">=", "==", ">")),
+                   default=Version("0")), f) for f in known]
+    below = [item for item in lowest if item[0] <= key]
+    return max(below, key=lambda item: item[0])[1] if below else min(lowest, key=lambda item: item[0])[1]
+
+
+def _specifiers(family: Family):
+    from packaging.specifiers import SpecifierSet
+
+    return SpecifierSet(family.releases)
+
+
+def decide(version: str, dist_name: str | None, forced: str | None = None) -> Decision:
     known = families()
     if forced:
         for fam in known:
             if fam.name == forced:
-                return fam
+                return Decision(fam, "forced", f"VLLM_PG_SHIM_FORCE={forced}")
         raise ShimError(f"VLLM_PG_SHIM_FORCE={forced!r} names no family; known: {[f.name for f in known]}")
     for fam in known:
         if fam.covers(version):
-            return fam
-    ranges = ", ".join(f"{f.name} {f.releases}" for f in known)
-    raise ShimError(
-        f"vLLM {version} is not covered by any patch family in compat_matrix.yaml ({ranges}). "
-        f"Set VLLM_PG_SHIM_FORCE=<family> to try one anyway."
-    )
+            return Decision(fam, "matrix")
+    candidate = nearest(version, known)
+    from .shape import shape_problems
+
+    problems = shape_problems(candidate, dist_name) if dist_name else ["its source files cannot be located"]
+    if problems:
+        ranges = ", ".join(f"{f.name} {f.releases}" for f in known)
+        raise ShimError(
+            f"vLLM {version} is not in compat_matrix.yaml ({ranges}); the nearest family, {candidate.name}, "
+            f"does not fit it: " + "; ".join(problems) + ". Set VLLM_PG_SHIM_FORCE=<family> to apply one anyway."
+        )
+    return Decision(candidate, "shape", f"vLLM {version} is not in compat_matrix.yaml; family {candidate.name} "
+                                        f"applied because every function it wraps has the shape it expects")
+

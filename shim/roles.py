@@ -73,12 +73,22 @@ def scope(wrapped, instance, args, kwargs, family_module=None):
 def teardown(wrapped, instance, args, kwargs, family_module=None):
     live = world.current_private()
     if live is None:
-        return wrapped(*args, **kwargs)
+        if world.host_world_state() != "foreign":
+            return wrapped(*args, **kwargs)
+        # vLLM's teardown called again after its world is gone (users call cleanup_dist_env_and_memory() after
+        # deleting an engine): its destroy_process_group() must find nothing, as in a clean process, not the
+        # host's WORLD. An empty private world stands in for the one already released.
+        live = world.new_private_world("empty (teardown after release)")
+    # Only the outermost teardown releases the world: vLLM's cleanup (0.6.4-0.10.0) calls
+    # destroy_process_group() again after destroy_distributed_environment(), and that call must still reach
+    # the private world (where it finds nothing left), never the host's.
+    outermost = not world.in_private_scope()
     try:
         with world.scope(live):
             return wrapped(*args, **kwargs)
     finally:
-        world.release(live)  # a no-op while its default group still exists
+        if outermost:
+            world.release(live)  # a no-op while its default group still exists
 
 
 ROLE_FUNCTIONS = {"init": init, "scope": scope, "teardown": teardown}

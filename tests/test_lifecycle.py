@@ -183,23 +183,40 @@ def _fake_with_version(tmp_path: Path, version: str) -> Path:
     return root
 
 
-def test_unknown_release_is_refused_with_a_clear_message_and_can_be_forced(tmp_path):
+@pytest.mark.parametrize("shape", ["fits", "changed"])
+def test_unknown_release_is_applied_when_its_shape_fits_else_refused(tmp_path, shape):
     fake = _fake_with_version(tmp_path, "0.99.0")
+    if shape == "changed":  # vLLM stopped guarding its own init_process_group with is_initialized()
+        ps = fake / "vllm" / "distributed" / "parallel_state.py"
+        ps.write_text(ps.read_text().replace("if not torch.distributed.is_initialized():", "if True:"))
     r = run_python(
         """
+        import warnings
         import vllm_pg_shim
-        try:
-            vllm_pg_shim.install(); refused = None
-        except vllm_pg_shim.ShimError as exc:
-            refused = str(exc)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                status = vllm_pg_shim.install(); refused = None
+            except vllm_pg_shim.ShimError as exc:
+                status, refused = vllm_pg_shim.status(), str(exc)
+        vllm_pg_shim.uninstall()
         forced = vllm_pg_shim.install(family="v1")
-        print("RESULT " + json.dumps({"refused": refused, "family": forced["family"]}))
+        print("RESULT " + json.dumps({"refused": refused, "decision": status.get("family_decision"),
+                                      "warnings": [str(w.message) for w in caught],
+                                      "forced": forced["family_decision"]}))
         """,
         pythonpath=fake,
         tmp_path=tmp_path,
     )
-    assert "0.99.0" in r["result"]["refused"] and "VLLM_PG_SHIM_FORCE" in r["result"]["refused"]
-    assert r["result"]["family"] == "v1"
+    res = r["result"]
+    if shape == "fits":
+        assert res["refused"] is None and res["decision"]["how"] == "shape"
+        assert any("0.99.0 is not in compat_matrix.yaml; family v1 applied" in w for w in res["warnings"])
+    else:
+        assert "vLLM 0.99.0 is not in compat_matrix.yaml" in res["refused"]
+        assert "nearest family, v1" in res["refused"] and "behind is_initialized()" in res["refused"]
+        assert "VLLM_PG_SHIM_FORCE" in res["refused"]
+    assert res["forced"] == {"how": "forced", "note": "VLLM_PG_SHIM_FORCE=v1"}
 
 
 def test_dev_and_local_builds_are_matched_by_their_release(tmp_path):

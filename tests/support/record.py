@@ -5,6 +5,7 @@ Only the ``results:`` block at the end of the file is rewritten, so the comments
 from __future__ import annotations
 
 import datetime
+import fcntl
 import importlib.metadata as md
 import platform
 from pathlib import Path
@@ -49,6 +50,12 @@ def record(outcomes: dict[str, str], matrix: Path, test_file: str, details: dict
         "tests": f"{sum(v == 'passed' for v in outcomes.values())} passed, "
                  f"{sum(v != 'passed' for v in outcomes.values())} failed",
     }
+    with open(matrix.with_suffix(".lock"), "w") as lock:  # sessions may record side by side
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _write_entry(matrix, entry, version, tier)
+
+
+def _write_entry(matrix: Path, entry: dict, version: str, tier: str) -> dict:
     text = matrix.read_text()
     head, _, _ = text.partition("\nresults:")
     results = (yaml.safe_load(text) or {}).get("results") or []

@@ -118,6 +118,10 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
                 import gc
 
                 gc.collect()
+                # as RL frameworks do between engines: vLLM's cleanup, called again after the engine's own
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+                cleanup_dist_env_and_memory()
                 extra = {}
                 if args.activation != "stock":
                     import vllm_pg_shim
