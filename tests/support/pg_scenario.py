@@ -47,7 +47,24 @@ def call_with_supported(fn, positional: tuple, optional: dict):
     return fn(*positional, **{k: v for k, v in optional.items() if k in params})
 
 
+def vllm_config_context():
+    """Newer releases read the current vLLM config during initialisation; their workers set one first."""
+    import contextlib
+
+    try:
+        from vllm.config import DeviceConfig, VllmConfig, set_current_vllm_config
+    except ImportError:
+        return contextlib.nullcontext()
+    # a bare vLLM has no platform plugin to infer the device from: this tier runs on the CPU
+    return set_current_vllm_config(VllmConfig(device_config=DeviceConfig(device="cpu")))
+
+
 def drive_vllm(ps, *, world_size: int, rank: int, port: int) -> dict:
+    with vllm_config_context():
+        return _drive_vllm(ps, world_size=world_size, rank=rank, port=port)
+
+
+def _drive_vllm(ps, *, world_size: int, rank: int, port: int) -> dict:
     import torch
     import torch.distributed as dist
 
