@@ -286,9 +286,7 @@ def _routed_unregister_all(real, register):
     def _unregister_all_process_groups():
         private = _current_private.get()
         if private is not None:
-            for name in list(private.registered):
-                _safe(lambda: _real_unregister()(name))
-            private.registered.clear()
+            _forget_names(private)
             return None
         real()
         for w in _live:  # the host's teardown clears the whole registry: put vLLM's names back
@@ -328,9 +326,12 @@ def _safe(fn) -> None:
         pass
 
 
-def _real_unregister():
-    saved = _router_saved or {}
-    return saved.get("_unregister_process_group", c10d._unregister_process_group)
+def _forget_names(world: PrivateWorld) -> None:
+    """Take a private world's names out of torch's registry (the real function: no routing involved)."""
+    unregister = (_router_saved or {}).get("_unregister_process_group", c10d._unregister_process_group)
+    for name in list(world.registered):
+        _safe(lambda: unregister(name))
+    world.registered.clear()
 
 
 def _install_router() -> None:
@@ -453,9 +454,7 @@ def release(world: PrivateWorld) -> None:
         with scope(world):
             if world.default_pg is not None:
                 return
-            for name in list(world.registered):
-                _safe(lambda: _real_unregister()(name))
-            world.registered.clear()
+            _forget_names(world)
         _live.remove(world)
         if not any(w.pid == os.getpid() for w in _live):
             _live.clear()  # worlds inherited through fork belong to the parent
