@@ -320,3 +320,84 @@ def test_install_after_a_world_exists_tells_vllms_own_world_from_a_foreign_one(t
     )
     assert r["result"]["host_world"] == ("vllm" if who == "vllm" else "foreign")
     assert r["result"]["private_worlds"] == []
+
+
+def test_uninstall_while_vllm_uses_a_private_world_is_refused_and_changes_nothing(tmp_path):
+    r = run_python(
+        """
+        import socket, torch.distributed as dist
+        def port():
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port()}", world_size=1, rank=0)  # host
+        import vllm_pg_shim
+        vllm_pg_shim.install()
+        import vllm.distributed.parallel_state as ps
+        ps.init_distributed_environment(1, 0, f"tcp://127.0.0.1:{port()}", backend="gloo")
+        live = vllm_pg_shim.status()["world"]["private_worlds"]
+        try:
+            vllm_pg_shim.uninstall(); refused = None
+        except vllm_pg_shim.ShimError as exc:
+            refused = str(exc)
+        still = vllm_pg_shim.status()["installed"]
+        ps.destroy_distributed_environment()
+        after = vllm_pg_shim.uninstall()
+        print("RESULT " + json.dumps({"live": len(live), "refused": refused, "still": still,
+                                      "after": after["installed"], "host": dist.is_initialized()}))
+        """,
+        tmp_path=tmp_path,
+    )
+    res = r["result"]
+    assert res["live"] == 1 and "still uses private world" in res["refused"] and res["still"] is True
+    assert res["after"] is False and res["host"] is True
+
+
+def test_install_and_uninstall_from_many_threads_at_once_stay_consistent(tmp_path):
+    r = run_python(
+        """
+        import threading, vllm_pg_shim
+        import_all()
+        def churn(n):
+            for i in range(50):
+                (vllm_pg_shim.install if (i + n) % 2 else vllm_pg_shim.uninstall)()
+        threads = [threading.Thread(target=churn, args=(n,)) for n in range(4)]
+        [t.start() for t in threads]; [t.join() for t in threads]
+        vllm_pg_shim.install()
+        import vllm.distributed.parallel_state as ps
+        wrapped_once = type(ps.init_distributed_environment.__wrapped__).__name__
+        vllm_pg_shim.uninstall()
+        print("RESULT " + json.dumps({"names": names(), "wrapped_once": wrapped_once}))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert r["result"] == {"names": ALL_PLAIN, "wrapped_once": "function"}
+
+
+def test_without_vllm_install_is_a_clear_error_and_env_activation_only_says_so(tmp_path):
+    r = run_python(
+        """
+        import vllm_pg_shim, vllm_pg_shim.families as f
+        f.VLLM_DISTRIBUTIONS = ()   # as if no vLLM were installed
+        try:
+            vllm_pg_shim.install(); error = None
+        except vllm_pg_shim.ShimError as exc:
+            error = str(exc)
+        print("RESULT " + json.dumps({"error": error, "reason": vllm_pg_shim.status()["reason"]}))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert "vLLM is not installed" in r["result"]["error"]
+    assert r["result"]["reason"] == "vLLM is not installed here"
+
+
+@pytest.mark.parametrize("flag,active", [("-S", False), ("-I", True), ("-E", True)])
+def test_interpreter_flags_with_env_activation(tmp_path, flag, active):
+    """-S skips site (and so the .pth): documented as inactive. -I/-E ignore PYTHON* variables only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_PG_SHIM")}
+    env["VLLM_PG_SHIM"] = "1"
+    code = ("import sys, json\n"
+            "print(json.dumps(bool(sys.modules.get('vllm_pg_shim._lifecycle') and "
+            "sys.modules['vllm_pg_shim._lifecycle'].installed())))")
+    out = subprocess.run([sys.executable, flag, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) is active
