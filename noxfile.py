@@ -4,6 +4,7 @@
 - ``demo``: the seed scenario stock and with the shim, side by side.
 - ``e2e-<version>``: the end-to-end tier on one listed release, recording its result in compat_matrix.yaml.
 - ``pg-<version>`` (tag ``matrix``: ``nox -t matrix`` runs all): the process-group tier on one release, recording.
+- ``gpu``: the 2-GPU tier on this interpreter (a GPU host's own torch), recording; skips without two GPUs.
 
 Virtual environments live outside the checkout (``$VLLM_PG_SHIM_CACHE/nox``, default ``~/.cache/vllm-pg-shim``)
 and are reused, so a fresh clone does not download vLLM again.
@@ -11,6 +12,7 @@ and are reused, so a fresh clone does not download vLLM again.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import nox
@@ -133,3 +135,30 @@ for _version in PG["versions"]:
         """Process-group tier on one release; its result is written into compat_matrix.yaml."""
         install_pg_env(session, version)
         run_pg_tier(session, "--record-matrix")
+
+
+@nox.session(venv_backend="none")
+def gpu(session: nox.Session) -> None:
+    """The 2-GPU tier (NCCL seed case, TP=2 engines) on the interpreter that runs nox: a GPU host's torch is
+    usually its own build, so no venv is made. ``-- --wheelhouse DIR`` installs every wheel in DIR (vLLM and
+    what it imports, brought over by hand to a host with no network) into a folder of its own on PYTHONPATH.
+    Without two CUDA devices the tests skip and nothing is recorded."""
+    args = list(session.posargs)
+    site = CACHE / "gpu-site"
+    paths = [str(site)]
+    if "--wheelhouse" in args:
+        at = args.index("--wheelhouse")
+        wheelhouse = Path(args[at + 1]).resolve()
+        del args[at:at + 2]
+        wheels = sorted(str(w) for w in wheelhouse.glob("*.whl"))
+        if not wheels:
+            session.error(f"no wheels in {wheelhouse}")
+        session.run(sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                    "--upgrade", "--target", str(site), *wheels)
+    # the shim from this checkout, built with the interpreter's own setuptools (no index needed)
+    shim_site = CACHE / "gpu-shim"
+    session.run(sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation",
+                "--upgrade", "--target", str(shim_site), ".")
+    paths.insert(0, str(shim_site))
+    env = {"PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    session.run(sys.executable, "-m", "pytest", "tests/test_gpu.py", "--record-matrix", *args, env=env)

@@ -83,7 +83,14 @@ def routed_init_process_group(real):
         from . import world
 
         seconds = rendezvous_timeout() if world.in_private_scope() else None
-        if seconds is not None and store is None and init_method and world_size > 1:
+        private = world.scoped_world()
+        if private is not None and private.rendezvous_store is not None and store is None \
+                and init_method in (None, "env://"):
+            # members meet where the role that made this world put them (not at the host's MASTER_PORT)
+            store, init_method = private.rendezvous_store, None
+            if seconds is not None and world_size > 1:
+                _wait_for_members(store, rank, world_size, seconds, private.rendezvous_where)
+        elif seconds is not None and store is None and init_method and world_size > 1:
             url = urlparse(init_method)
             if url.scheme == "tcp" and url.hostname and url.port:
                 from torch.distributed import PrefixStore

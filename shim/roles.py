@@ -1,6 +1,7 @@
 """What each role of target does around the vLLM function it wraps (roles are named in compat_matrix.yaml)."""
 from __future__ import annotations
 
+import collections
 import inspect
 import logging
 
@@ -19,18 +20,64 @@ def bound_arguments(wrapped, args, kwargs) -> dict:
     return dict(bound.arguments)
 
 
+def data_parallel_size() -> int:
+    """vLLM's data-parallel size from its current config, where the release keeps one (else 1)."""
+    try:
+        from vllm.config import get_current_vllm_config
+
+        return int(get_current_vllm_config().parallel_config.data_parallel_size or 1)
+    except Exception:  # a release without a current config, or none set: no data parallelism to account for
+        return 1
+
+
 def shares_host_world(call: dict) -> bool:
-    """vLLM asked to *be* the host's WORLD (``external_launcher`` on every rank, over ``env://``, same size
-    and rank): that is vLLM's own supported way to share a world, so it is left alone."""
+    """vLLM asked to *be* the host's WORLD (``external_launcher`` on every rank, over ``env://``: its world, times
+    its data-parallel size, is the host's, and its rank the host's): that is vLLM's own supported way to share a
+    world, so it is left alone."""
     import torch.distributed as dist
 
     host = world.host_default_group()
+    size = call.get("world_size")
     return (
         call.get("distributed_init_method", "env://") == "env://"
-        and call.get("world_size") in (host.size(), -1)
+        and (size == -1 or size * data_parallel_size() == host.size())
         and call.get("rank") in (host.rank(), -1)
         and dist.get_world_size() == host.size()
     )
+
+
+_launcher_worlds: collections.Counter = collections.Counter()  # (size, block) -> private worlds made so far
+
+
+def launcher_block(call: dict) -> tuple[int, int] | None:
+    """vLLM's external launcher on *some* of the host's ranks (e.g. ranks 2 and 3 of 4 form one TP=2 engine while
+    0 and 1 train): vLLM asks for a world of its own size over ``env://`` with the host's rank, and names no
+    address of its own (``env://`` is the host's). The engine's members are the host's ranks in aligned blocks
+    of that size, torchrun's convention: (block, rank in block), known to every member without a collective."""
+    size = call.get("world_size")
+    if call.get("distributed_init_method", "env://") != "env://" or not isinstance(size, int) or size < 1:
+        return None
+    host_rank = world.host_default_group().rank()
+    if call.get("rank") not in (host_rank, -1):
+        return None  # a rank of vLLM's own numbering: vLLM made its own address
+    return host_rank // size, host_rank % size
+
+
+def _meet_on_host_store(private, call: dict, block: tuple[int, int]) -> dict:
+    """Members of a launcher block meet in a key space of the host's store (a key-value store, no collective):
+    one per block and per engine built there, so a rebuilt engine never reads an old engine's keys."""
+    import torch.distributed.distributed_c10d as c10d
+    from torch.distributed import PrefixStore
+
+    index, rank = block
+    size = call["world_size"]
+    _launcher_worlds[(size, index)] += 1
+    generation = _launcher_worlds[(size, index)]
+    private.rendezvous_store = PrefixStore(f"vllm_pg_shim/launcher/{size}/{index}/{generation}",
+                                           c10d._get_default_store())
+    private.rendezvous_where = (f"the host's store (engine block {index}: host ranks "
+                                f"{index * size}-{index * size + size - 1}, engine {generation} there)")
+    return {**call, "rank": rank}
 
 
 def init(wrapped, instance, args, kwargs, family_module=None):
@@ -52,9 +99,12 @@ def init(wrapped, instance, args, kwargs, family_module=None):
     label = "world_size={} rank={} init={}".format(
         call.get("world_size"), call.get("rank"), call.get("distributed_init_method")
     )
+    block = launcher_block(call)
     private = world.new_private_world(label)
     log.info("vllm-pg-shim: the WORLD here is foreign; vLLM gets private world %d (%s)", private.id, label)
     try:
+        if block is not None:
+            args, kwargs = (), _meet_on_host_store(private, call, block)
         with world.scope(private):
             return wrapped(*args, **kwargs)
     except BaseException:

@@ -90,6 +90,10 @@ class PrivateWorld(c10d._World):
         self.pid = os.getpid()
         self.label = label
         self.registered: dict[str, Any] = {}  # registry name -> group, for a teardown that touches only these
+        # Where members meet when vLLM names no address of its own (``env://`` from an external launcher on
+        # some of the host's ranks): a key space of the host's store, set by the role that made this world.
+        self.rendezvous_store: Any = None
+        self.rendezvous_where = ""
 
     @property
     def group_count(self) -> int:
@@ -444,6 +448,11 @@ def scope(world: PrivateWorld):
 
 def in_private_scope() -> bool:
     return _current_private.get() is not None
+
+
+def scoped_world() -> PrivateWorld | None:
+    """The private world current in this thread, if any."""
+    return _current_private.get()
 
 
 def release(world: PrivateWorld) -> None:

@@ -25,11 +25,11 @@ STOCK_BOUND = 25
 SHIM_BOUND = 300
 
 
-def run_pg(tmp_path, *, world, engines, activation, timeout, stall_after=None):
+def run_pg(tmp_path, *, world, engines, activation, timeout, stall_after=None, launcher=False, stalled_rank=0):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_PG_SHIM_") or k == "VLLM_PG_SHIM_BARE_IMPORT"}
     env.pop("VLLM_PG_SHIM", None)
     cmd = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--world", str(world), "--engines", engines,
-           "--activation", activation]
+           "--activation", activation] + (["--launcher"] if launcher else [])
     ranks_expected = world
 
     def finished():
@@ -37,8 +37,8 @@ def run_pg(tmp_path, *, world, engines, activation, timeout, stall_after=None):
         return len(ranks) == ranks_expected and all("done" in [s for s, _ in r["stages"]] for r in ranks.values())
 
     def stalled():
-        """rank 0 imported vLLM more than ``stall_after`` seconds ago and its initialisation never ended"""
-        rank0 = dict(_read_ranks(tmp_path).get(0, {}).get("stages", []))
+        """the engine rank imported vLLM more than ``stall_after`` seconds ago and its initialisation never ended"""
+        rank0 = dict(_read_ranks(tmp_path).get(stalled_rank, {}).get("stages", []))
         return ("vllm_imported" in rank0 and not {"vllm_done", "vllm_error"} & set(rank0)
                 and time.monotonic() - rank0["vllm_imported"] > stall_after)
 
@@ -52,20 +52,36 @@ def stages(ranks, r):
     return [s for s, _ in ranks.get(r, {}).get("stages", [])]
 
 
-@pytest.mark.parametrize("world,engines", [(2, "1"), (4, "0/2/3")], ids=["world2-engine-on-rank1",
-                                                                        "world4-engines-on-0-2-3"])
-def test_pg_tier_with_shim(tmp_path, world, engines):
-    returncode, timed_out, ranks, log, leftovers = run_pg(tmp_path, world=world, engines=engines,
+SCENARIOS = {
+    "world2-engine-on-rank1": (2, "1", False),
+    "world4-engines-on-0-2-3": (4, "0/2/3", False),
+    # a V0-style driver: host rank 0 is vLLM's rank 0 of a TP=2 world and forks vLLM's rank 1
+    "world2-tp2-driver-with-forked-worker": (2, "0*2", False),
+    # external launcher on some ranks: 2 and 3 form one TP=2 engine over env:// while 0 and 1 only train
+    "world4-launcher-tp2-on-2-3": (4, "2,3", True),
+    # two launcher engines side by side, each its own block of the host's ranks
+    "world4-launcher-tp2-on-0-1-and-2-3": (4, "0,1/2,3", True),
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_pg_tier_with_shim(tmp_path, scenario):
+    world, engines, launcher = SCENARIOS[scenario]
+    returncode, timed_out, ranks, log, leftovers = run_pg(tmp_path, world=world, engines=engines, launcher=launcher,
                                                           activation="install", timeout=SHIM_BOUND)
     missing = [r for r in range(world) if "done" not in stages(ranks, r)]
     assert not timed_out and returncode == 0 and not missing, f"ranks {missing} never finished:\n{log}"
     assert leftovers == []
-    engine_ranks = {int(r) for group in engines.split("/") for r in group.split(",")}
+    engine_ranks = {int(r) for group in engines.split("/") for r in group.split("*")[0].split(",")}
     for rank, data in ranks.items():
         assert data["host_world_ok"] and data["host_subgroup_ok"], data
         assert data["private_worlds_after"] == 0 and data["router_after"] is False, data
         if rank in engine_ranks:
             assert data["vllm_ok"], data
+            workers = data.get("forked_workers", {})
+            assert all(w["vllm_ok"] for w in workers.values()), workers
+            expected_size = 2 if ("*2" in engines or launcher) else 1
+            assert data["get_tp_group"]["size"] == expected_size, data
 
 
 def test_pg_tier_stock_reproduces_the_failure(tmp_path, record_property):
@@ -78,3 +94,11 @@ def test_pg_tier_stock_reproduces_the_failure(tmp_path, record_property):
     assert hung or world_size_error, f"stock vLLM did not fail here:\n{log}"
     record_property("stock_outcome", f"hang in init_distributed_environment (no progress for {STOCK_BOUND} s, stopped)" if hung
                     else f"error: {error[:120]}")
+
+
+def test_pg_tier_stock_launcher_on_some_ranks_hangs(tmp_path):
+    """Stock, an external-launcher engine on ranks 2 and 3 of 4 asks for a world group over all 4 host ranks:
+    ranks 0 and 1 never join, so it hangs (stopped) — the case the launcher blocks exist for."""
+    returncode, timed_out, ranks, log, _ = run_pg(tmp_path, world=4, engines="2,3", launcher=True, activation="stock",
+                                                  timeout=SHIM_BOUND, stall_after=STOCK_BOUND, stalled_rank=2)
+    assert timed_out and "vllm_done" not in stages(ranks, 2), f"stock vLLM did not hang here:\n{log}"

@@ -7,6 +7,11 @@ per group (TP = the group's size): ``init_distributed_environment`` then ``ensur
 with the arguments that release's signature takes; then collectives on vLLM's groups; then vLLM's teardown;
 then every host rank checks the host's WORLD and a fresh host subgroup. Progress goes to ``rank<N>.json``.
 
+``--launcher``: the engines' members ask as vLLM's external launcher does on a torchrun-style host: over
+``env://`` (the host's ``MASTER_ADDR``/``MASTER_PORT``), with the host's rank, for a world of the group's size.
+A group written ``0*2`` is a V0 driver: host rank 0 is vLLM's rank 0 and forks vLLM's other workers (as V0's
+multiprocessing executor does by default), which inherit the host's WORLD objects.
+
 ``VLLM_PG_SHIM_BARE_IMPORT=1`` imports ``vllm.distributed`` without running ``vllm/__init__.py`` (which pulls the
 whole engine and its dependencies): the release's distributed code is all this tier runs, so its venv holds
 vLLM without its dependencies, torch, and the few packages that code imports.
@@ -59,17 +64,20 @@ def vllm_config_context():
     return set_current_vllm_config(VllmConfig(device_config=DeviceConfig(device="cpu")))
 
 
-def drive_vllm(ps, *, world_size: int, rank: int, port: int) -> dict:
+def drive_vllm(ps, *, world_size: int, rank: int, port: int | None, call_rank: int | None = None) -> dict:
+    """``port=None``: over ``env://`` with ``call_rank`` (the host's rank), as vLLM's external launcher asks."""
     with vllm_config_context():
-        return _drive_vllm(ps, world_size=world_size, rank=rank, port=port)
+        return _drive_vllm(ps, world_size=world_size, rank=rank, port=port, call_rank=call_rank)
 
 
-def _drive_vllm(ps, *, world_size: int, rank: int, port: int) -> dict:
+def _drive_vllm(ps, *, world_size: int, rank: int, port: int | None, call_rank: int | None = None) -> dict:
     import torch
     import torch.distributed as dist
 
+    method = "env://" if port is None else f"tcp://127.0.0.1:{port}"
+    asked_rank = rank if call_rank is None else call_rank
     call_with_supported(ps.init_distributed_environment, (), dict(
-        world_size=world_size, rank=rank, distributed_init_method=f"tcp://127.0.0.1:{port}", local_rank=rank,
+        world_size=world_size, rank=asked_rank, distributed_init_method=method, local_rank=asked_rank,
         backend="gloo"))
     call_with_supported(ps.ensure_model_parallel_initialized, (world_size, 1), dict(backend="gloo"))
     expected = float(world_size * (world_size + 1) // 2)
@@ -77,7 +85,14 @@ def _drive_vllm(ps, *, world_size: int, rank: int, port: int) -> dict:
     if hasattr(ps, "get_tp_group"):  # GroupCoordinator releases
         for name in ("get_world_group", "get_tp_group"):
             coordinator = getattr(ps, name)()
-            t = coordinator.all_reduce(torch.tensor([float(rank + 1)]))
+            t = torch.tensor([float(rank + 1)])
+            if coordinator.world_size == 1 or getattr(coordinator, "device_communicator", None) is not None:
+                t = coordinator.all_reduce(t)
+            else:  # a bare CPU vLLM has no device communicator: the coordinator's own CPU group carries it
+                dist.all_reduce(t, group=coordinator.cpu_group)
+            if coordinator.world_size > 1 and hasattr(coordinator, "broadcast_object"):
+                if coordinator.broadcast_object({"from": rank} if rank == 0 else None, src=0) != {"from": 0}:
+                    t = torch.tensor([-1.0])
             coordinator.barrier()
             # the same collectives straight on vLLM's groups, outside any wrapped call: global ranks (vLLM's)
             # must be translated through vLLM's world even though the host's is current here
@@ -137,16 +152,23 @@ def rank_main(rank: int, args) -> None:
         vllm_pg_shim.install()
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.host_port}", world_size=args.world,
-                            rank=rank)
+    # torchrun's contract, as a launcher-started host has it
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.host_port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(args.world))
+    dist.init_process_group("gloo", init_method="env://")
     _write(out, rank, stage="host_world_ready")
     for index, members in enumerate(args.engines):
         if rank in members:
             ps = import_parallel_state()
             _write(out, rank, stage="vllm_imported")
+            forked = args.forked_workers[index]
+            workers = [_fork_worker(ps, out, rank, w, forked + 1, args.engine_ports[index]) for w in range(1, forked + 1)]
             try:
-                result = drive_vllm(ps, world_size=len(members), rank=members.index(rank),
-                                    port=args.engine_ports[index])
+                result = drive_vllm(ps, world_size=len(members) + forked, rank=members.index(rank),
+                                    port=None if args.launcher else args.engine_ports[index],
+                                    call_rank=rank if args.launcher else None)
+                if workers:
+                    result["forked_workers"] = _join_workers(out, rank, workers)
             except Exception as exc:  # a release's own error (e.g. the world-size check): recorded, then raised
                 _write(out, rank, stage="vllm_error", error=f"{type(exc).__name__}: {exc}",
                        traceback=traceback.format_exc()[-3000:])
@@ -164,6 +186,36 @@ def rank_main(rank: int, args) -> None:
     _write(out, rank, stage="done")
 
 
+def _fork_worker(ps, out: Path, host_rank: int, vllm_rank: int, world_size: int, port: int):
+    """vLLM's V0 multiprocessing executor forks its workers from the driver (the host's rank)."""
+    import json
+    import multiprocessing
+
+    def work():
+        try:
+            result = drive_vllm(ps, world_size=world_size, rank=vllm_rank, port=port)
+        except Exception as exc:
+            result = {"vllm_ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        (out / f"worker{host_rank}_{vllm_rank}.json").write_text(json.dumps(result))
+        os._exit(0)
+
+    child = multiprocessing.get_context("fork").Process(target=work)
+    child.start()
+    return vllm_rank, child
+
+
+def _join_workers(out: Path, host_rank: int, workers) -> dict:
+    import json
+
+    results = {}
+    for vllm_rank, child in workers:
+        child.join()
+        path = out / f"worker{host_rank}_{vllm_rank}.json"
+        results[str(vllm_rank)] = json.loads(path.read_text()) if path.exists() else {"vllm_ok": False,
+                                                                                      "exitcode": child.exitcode}
+    return results
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -176,8 +228,12 @@ def main(argv=None) -> None:
     p.add_argument("--world", type=int, default=2)
     p.add_argument("--engines", default="0", help="vLLM worlds: host ranks, e.g. '0' or '0/2,3' (TP=2 on 2,3)")
     p.add_argument("--activation", choices=["stock", "install"], default="install")
+    p.add_argument("--launcher", action="store_true", help="engines ask over env:// with the host's rank")
     args = p.parse_args(argv)
-    args.engines = [[int(r) for r in group.split(",")] for group in args.engines.split("/") if group]
+    groups = [group for group in args.engines.split("/") if group]
+    # "0*2": host rank 0 plus one forked worker (a TP=2 V0 driver)
+    args.forked_workers = [int(g.split("*")[1]) - 1 if "*" in g else 0 for g in groups]
+    args.engines = [[int(r) for r in g.split("*")[0].split(",")] for g in groups]
     args.host_port = free_port()
     args.engine_ports = [free_port() for _ in args.engines]
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,22 @@ TIERS = {  # test file -> (tier, stock tests and what their passing shows)
     "test_pg_tier.py": ("pg-gloo", {
         "test_pg_tier_stock_reproduces_the_failure": "{stock_outcome}",
     }),
+    "test_gpu.py": ("gpu-2x", {
+        "test_gpu_seed_stock_in_process_engine_hangs": "{gpu_seed_stock}",
+        "test_gpu_tp2_external_launcher_on_the_host_world[stock]": "TP=2 external_launcher on the host's WORLD works",
+        "test_gpu_tp2_engine_built_on_rank0[stock]": "TP=2 engine from rank 0 (vLLM's workers) works",
+    }),
 }
+
+
+def _machine(tier: str) -> str:
+    python = f"Python {platform.python_version()}"
+    if tier.startswith("gpu"):
+        import torch
+
+        names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
+        return f"{torch.cuda.device_count()}x {', '.join(names)}, CUDA {torch.version.cuda}, {python}"
+    return f"{platform.machine()} CPU, {python}"
 
 
 def _vllm() -> tuple[str, str]:
@@ -43,7 +58,7 @@ def record(outcomes: dict[str, str], matrix: Path, test_file: str, details: dict
         "distribution": dist,
         "torch": md.version("torch"),
         "tier": tier,
-        "machine": f"{platform.machine()} CPU, Python {platform.python_version()}",
+        "machine": _machine(tier),
         "date": datetime.date.today().isoformat(),
         "stock": "; ".join(stock) if stock else "failure not reproduced",
         "shim": "pass" if shim and all(v == "passed" for v in shim.values()) else "fail",

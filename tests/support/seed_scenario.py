@@ -6,6 +6,10 @@ Run as a script (vLLM spawns, so this file is the ``__main__`` of every rank). T
 WORLD and on a host subgroup made after the engine exists. Each rank writes ``rank<N>.json`` into ``--out``
 stage by stage, so a supervisor that has to kill a hung run can say which ranks got how far.
 
+``--backend nccl`` is the GPU form: each rank ``torch.cuda.set_device(rank)`` and the host's collectives run on
+its GPU. ``--tp 2`` builds a tensor-parallel engine; with ``--executor external_launcher`` every engine rank holds
+one shard, set up torchrun-style (``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``... and ``init_method="env://"``).
+
 Activation: ``--activation stock`` (nothing), ``install`` (``vllm_pg_shim.install()`` first thing in the rank),
 ``env`` (the caller sets ``VLLM_PG_SHIM=1``; the .pth activates the shim at interpreter start).
 """
@@ -50,25 +54,38 @@ def generate(llm) -> list[list[int]]:
     return [list(o.outputs[0].token_ids) for o in outputs]
 
 
-def build_llm(model: str):
+def build_llm(model: str, args: argparse.Namespace | None = None):
     from vllm import LLM
 
-    return LLM(model, skip_tokenizer_init=True, enforce_eager=True, gpu_memory_utilization=0.1, max_model_len=128)
+    extra = {}
+    if args is not None and args.tp > 1:
+        extra["tensor_parallel_size"] = args.tp
+    if args is not None and args.executor != "default":
+        extra["distributed_executor_backend"] = args.executor
+    return LLM(model, skip_tokenizer_init=True, enforce_eager=True, gpu_memory_utilization=0.1, max_model_len=128,
+               **extra)
 
 
-def host_collectives(rank: int, world: int) -> dict:
+def _device(args: argparse.Namespace):
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if args.backend == "nccl" else torch.device("cpu")
+
+
+def host_collectives(rank: int, world: int, device=None) -> dict:
     """Collectives on the host's WORLD and on a subgroup made now: results must be exact."""
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([float(rank + 1)])
+    device = device or torch.device("cpu")
+    t = torch.tensor([float(rank + 1)], device=device)
     dist.all_reduce(t)
     expected_world = float(world * (world + 1) // 2)
     sub_ranks = list(range(world))
     sub = dist.new_group(sub_ranks)
-    s = torch.tensor([float(10 * (rank + 1))])
+    s = torch.tensor([float(10 * (rank + 1))], device=device)
     dist.all_reduce(s, group=sub)
-    b = torch.tensor([float(rank)])
+    b = torch.tensor([float(rank)], device=device)
     dist.broadcast(b, src=world - 1)
     dist.barrier()
     return {
@@ -96,7 +113,18 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
         vllm_pg_shim.install()
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", world_size=args.world, rank=rank)
+    if args.backend == "nccl":
+        import torch
+
+        torch.cuda.set_device(rank)
+    if args.executor == "external_launcher":
+        # torchrun's contract, which vLLM's external launcher reads back from the environment
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(args.world),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))
+        dist.init_process_group(args.backend, init_method="env://")
+    else:
+        dist.init_process_group(args.backend, init_method=f"tcp://127.0.0.1:{args.port}", world_size=args.world,
+                                rank=rank)
     _write(out, rank, stage="host_world_ready")
     tokens_per_cycle = []
     if rank in args.engine_ranks and args.fork_engine:
@@ -109,7 +137,7 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
         _write(out, rank, stage="fork_joined", fork_exitcode=child.exitcode)
     elif rank in args.engine_ranks:
         for cycle in range(args.cycles):
-            llm = build_llm(args.model)
+            llm = build_llm(args.model, args)
             _write(out, rank, stage=f"engine_built_{cycle}")
             tokens_per_cycle.append(generate(llm))
             _write(out, rank, stage=f"generated_{cycle}", tokens=tokens_per_cycle)
@@ -130,7 +158,7 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
                 _write(out, rank, stage=f"deleted_{cycle}", **extra)
             else:
                 _HELD_ENGINES.append(llm)
-    result = host_collectives(rank, args.world)
+    result = host_collectives(rank, args.world, _device(args))
     if args.activation != "stock":
         import vllm_pg_shim
 
@@ -142,7 +170,7 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
 
 def _forked_engine(rank: int, args: argparse.Namespace) -> None:
     out = Path(args.out)
-    llm = build_llm(args.model)
+    llm = build_llm(args.model, args)
     _write(out, rank, stage="engine_built_0")
     _write(out, rank, stage="generated_0", tokens=[generate(llm)])
     del llm
@@ -155,7 +183,7 @@ def clean_main(args: argparse.Namespace) -> None:
         import vllm_pg_shim
 
         vllm_pg_shim.install()
-    llm = build_llm(args.model)
+    llm = build_llm(args.model, args)
     fields = {"tokens": [generate(llm)]}
     if args.activation == "clean-shim":
         import vllm_pg_shim
@@ -175,6 +203,9 @@ def main(argv=None) -> None:
     p.add_argument("--activation", choices=["stock", "install", "install-late", "env", "clean", "clean-shim"], default="stock")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--cycles", type=int, default=1)
+    p.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
+    p.add_argument("--tp", type=int, default=1, help="tensor_parallel_size of each engine")
+    p.add_argument("--executor", choices=["default", "external_launcher"], default="default")
     p.add_argument("--fork-engine", action="store_true", help="build the engine in a child forked from the rank")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
