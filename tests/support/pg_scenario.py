@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import socket
 import sys
 import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.ports import free_ports  # noqa: E402
 from support.seed_scenario import _write  # noqa: E402
 
 
@@ -216,12 +216,6 @@ def _join_workers(out: Path, host_rank: int, workers) -> dict:
     return results
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -234,8 +228,7 @@ def main(argv=None) -> None:
     # "0*2": host rank 0 plus one forked worker (a TP=2 V0 driver)
     args.forked_workers = [int(g.split("*")[1]) - 1 if "*" in g else 0 for g in groups]
     args.engines = [[int(r) for r in g.split("*")[0].split(",")] for g in groups]
-    args.host_port = free_port()
-    args.engine_ports = [free_port() for _ in args.engines]
+    args.host_port, *args.engine_ports = free_ports(1 + len(args.engines))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     import torch.multiprocessing as mp
 

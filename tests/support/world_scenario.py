@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -18,13 +17,8 @@ import torch.distributed as dist
 import torch.distributed.distributed_c10d as c10d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.ports import free_ports  # noqa: E402
 from support.seed_scenario import _write  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resolve(name: str):
@@ -183,4 +177,5 @@ if __name__ == "__main__":
 
     case, out = sys.argv[1], sys.argv[2]
     Path(out).mkdir(parents=True, exist_ok=True)
-    mp.spawn(rank_main, args=(case, free_port(), [free_port() for _ in range(3)], out), nprocs=2)
+    ports = free_ports(4)
+    mp.spawn(rank_main, args=(case, ports[0], ports[1:], out), nprocs=2)
