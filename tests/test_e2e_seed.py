@@ -33,7 +33,8 @@ def clean_tokens(tmp_path_factory, model):
     return out.ranks[0]["tokens"][0]
 
 
-def assert_healthy(out, *, world: int, engine_ranks, clean_tokens, cycles: int = 1, in_process: bool = True):
+def assert_healthy(out, *, world: int, engine_ranks, clean_tokens, cycles: int = 1, in_process: bool = True,
+                   tp: int = 1):
     assert not out.timed_out and out.returncode == 0, out.describe()
     assert out.leftovers == [], out.describe()
     assert sorted(out.ranks) == list(range(world)), out.describe()
@@ -43,14 +44,17 @@ def assert_healthy(out, *, world: int, engine_ranks, clean_tokens, cycles: int =
         assert (data["host_rank"], data["host_world_size"]) == (rank, world)
         status = data.get("shim_status")
         if status is not None:
-            # the rank still holds its engine: an in-process engine keeps exactly one private world of 1
+            # the rank still holds its engine: an in-process engine keeps exactly one private world of its TP size
+            # (an external launcher's members: the host's ranks in aligned blocks of that size)
             holds_private = in_process and rank in engine_ranks
             worlds = status["world"]["private_worlds"]
-            assert [(w["size"], w["rank"]) for w in worlds] == ([(1, 0)] if holds_private else []), status
+            assert [(w["size"], w["rank"]) for w in worlds] == ([(tp, rank % tp)] if holds_private else []), status
             assert status["world"]["router_installed"] is holds_private
             assert status["world"]["host_world"] == "foreign"
         if rank in engine_ranks:
             assert data["tokens"] == [clean_tokens] * cycles, (data["tokens"], clean_tokens)
+        elif "train_steps" in data:
+            assert data["train_wrong"] == 0, data
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -102,6 +106,23 @@ def test_engine_on_a_nonzero_rank_of_a_larger_world(tmp_path, model, clean_token
     out = run_scenario(tmp_path, model=model, activation="install", in_process=True, world=4, engine_ranks=[2],
                        timeout=180)
     assert_healthy(out, world=4, engine_ranks=[2], clean_tokens=clean_tokens)
+
+
+def test_engines_on_two_ranks_while_two_others_train(tmp_path, model, clean_tokens):
+    """Ranks 2 and 3 each build an engine at the same time while ranks 0 and 1 all-reduce on their own group."""
+    out = run_scenario(tmp_path, model=model, activation="install", in_process=True, world=4, engine_ranks=[2, 3],
+                       train_steps=500, timeout=240)
+    assert_healthy(out, world=4, engine_ranks=[2, 3], clean_tokens=clean_tokens)
+    assert all(out.ranks[r]["train_steps"] == 500 for r in (0, 1))
+
+
+def test_launcher_tp2_engine_on_two_ranks_while_two_others_train(tmp_path, model, clean_tokens):
+    """vLLM's external launcher on ranks 2 and 3 of 4 (one TP=2 engine, a shard on each) while 0 and 1 train:
+    the engine's members meet as block 1 of the host's ranks, without a collective over the host's WORLD."""
+    out = run_scenario(tmp_path, model=model, activation="install", in_process=True, world=4, engine_ranks=[2, 3],
+                       tp=2, executor="external_launcher", train_steps=500, timeout=240)
+    assert_healthy(out, world=4, engine_ranks=[2, 3], clean_tokens=clean_tokens, tp=2)
+    assert all(out.ranks[r]["train_steps"] == 500 for r in (0, 1))
 
 
 def test_engine_on_rank_1(tmp_path, model, clean_tokens):

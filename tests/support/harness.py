@@ -143,11 +143,11 @@ def _read_ranks(out: Path) -> dict[int, dict]:
 def run_scenario(out: Path, *, model: Path, activation: str, in_process: bool, world: int = 2,
                  engine_ranks=(0,), cycles: int = 1, timeout: float = 240, extra_env: dict | None = None,
                  fork_engine: bool = False, python: str = sys.executable, backend: str = "gloo", tp: int = 1,
-                 executor: str = "default") -> Outcome:
+                 executor: str = "default", train_steps: int = 0) -> Outcome:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [python, str(SCENARIO), "--model", str(model), "--out", str(out), "--world", str(world),
            "--engine-ranks", ",".join(map(str, engine_ranks)), "--activation", activation, "--cycles", str(cycles)]
-    cmd += ["--backend", backend, "--tp", str(tp), "--executor", executor]
+    cmd += ["--backend", backend, "--tp", str(tp), "--executor", executor, "--train-steps", str(train_steps)]
     if fork_engine:
         cmd.append("--fork-engine")
     env = scenario_env(activation, in_process=in_process, extra=extra_env)

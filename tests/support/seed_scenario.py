@@ -99,6 +99,20 @@ def host_collectives(rank: int, world: int, device=None) -> dict:
     }
 
 
+def train(steps: int, rank: int, trainers: list[int], group, device) -> dict:
+    """Collectives on the trainers' own group, as a training loop's gradient all-reduce."""
+    import torch
+    import torch.distributed as dist
+
+    expected = float(sum(r + 1 for r in trainers))
+    wrong = 0
+    for step in range(steps):
+        t = torch.full((64,), float(rank + 1), device=device)
+        dist.all_reduce(t, group=group)
+        wrong += int(not bool((t == expected).all()))
+    return {"train_steps": steps, "train_wrong": wrong}
+
+
 def rank_main(rank: int, args: argparse.Namespace) -> None:
     out = Path(args.out)
     _write(out, rank, stage="started", pid=os.getpid())
@@ -126,6 +140,11 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
         dist.init_process_group(args.backend, init_method=f"tcp://127.0.0.1:{args.port}", world_size=args.world,
                                 rank=rank)
     _write(out, rank, stage="host_world_ready")
+    trainers = [r for r in range(args.world) if r not in args.engine_ranks]
+    train_group = dist.new_group(trainers) if args.train_steps and trainers else None  # every rank takes part
+    if train_group is not None and rank in trainers:
+        # the other ranks build their engines meanwhile: the host's traffic must stay exact throughout
+        _write(out, rank, stage="training", **train(args.train_steps, rank, trainers, train_group, _device(args)))
     tokens_per_cycle = []
     if rank in args.engine_ranks and args.fork_engine:
         # The engine is built in a child forked from this rank: the child inherits the host's WORLD objects.
@@ -206,6 +225,8 @@ def main(argv=None) -> None:
     p.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
     p.add_argument("--tp", type=int, default=1, help="tensor_parallel_size of each engine")
     p.add_argument("--executor", choices=["default", "external_launcher"], default="default")
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="ranks without an engine all-reduce on their own group this often while engines are built")
     p.add_argument("--fork-engine", action="store_true", help="build the engine in a child forked from the rank")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
