@@ -76,14 +76,33 @@ def install_pg_env(session: nox.Session, version: str) -> None:
     pin = session.run("python", "-c", READ_TORCH_PIN, silent=True).strip()
     session.install(pin, *PG["with"], "wrapt", "packaging", "PyYAML", "pytest")
     session.install("--no-deps", "--reinstall", ".")
+    released = release_day_after(version)
     for _ in range(30):
         output = session.run("python", "-c", FIND_MISSING_MODULE, silent=True,
                              env={"VLLM_PG_SHIM_BARE_IMPORT": "1", "VLLM_NCCL_SO_PATH": NO_NCCL})
         missing = [line.split()[1] for line in output.splitlines() if line.startswith("MISSING ")]
         if not missing:
             return
-        session.install(PG["packages"].get(missing[0], missing[0]))
+        # as of the release's day: a later package can break an old vLLM's imports (transformers 4.53 took a
+        # config name vLLM 0.9.0 registers)
+        session.install(f"--exclude-newer={released}", PG["packages"].get(missing[0], missing[0]))
     session.error("vLLM's distributed code still misses modules after 30 rounds")
+
+
+def release_day_after(version: str) -> str:
+    """The day after PyPI received ``vllm==version`` (uv's ``--exclude-newer`` takes it), from the index's JSON
+    simple API (PEP 691/700: it gives each file's upload time)."""
+    import datetime
+    import json
+    import urllib.request
+
+    request = urllib.request.Request("https://pypi.org/simple/vllm/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        files = json.load(response)["files"]
+    times = [f["upload-time"] for f in files if f["filename"].startswith((f"vllm-{version}-", f"vllm-{version}.tar"))]
+    uploaded = min(datetime.datetime.fromisoformat(t.replace("Z", "+00:00")) for t in times)
+    return (uploaded + datetime.timedelta(days=1)).date().isoformat()
 
 
 # Runs vLLM's distributed code once as the tier does (a clean process, a world of 1: its lazy imports too);
