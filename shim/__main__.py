@@ -21,7 +21,7 @@ def doctor(as_json: bool = False) -> int:
     vllm = info["vllm"]
     lines = [
         f"vllm-pg-shim   {info['shim_version']}",
-        f"vLLM           {vllm['version'] + ' (' + vllm['distribution'] + ')' if vllm else 'not installed'}",
+        f"vLLM           {_vllm_line(vllm)}",
         f"torch          {info['torch'] or 'not installed'}",
         f"python         {info['python']}",
         f"family         {info['family'] or '-'}" + (f"  ({info['family_releases']})" if info["family"] else ""),
@@ -35,6 +35,13 @@ def doctor(as_json: bool = False) -> int:
     ]
     print("\n".join(lines))
     return 0
+
+
+def _vllm_line(vllm: dict | None) -> str:
+    if not vllm:
+        return "not installed"
+    version = vllm["version"] if vllm["version"] else "(no version in its metadata)"
+    return f"{version} ({vllm['distribution']})"
 
 
 def _decision(info: dict) -> str:

@@ -36,6 +36,11 @@ def activation_requested(environ=os.environ) -> bool:
     return False
 
 
+# torch keeps store timeouts in milliseconds and some of its paths overflow beyond a C int of them: a longer
+# bound is no bound anyway.
+MAX_TIMEOUT = (2**31 - 1) // 1000  # 2147483 s, about 24.8 days
+
+
 def rendezvous_timeout(environ=os.environ) -> float | None:
     """Seconds from ``VLLM_PG_SHIM_TIMEOUT``; None when unset. A bad value warns once and is ignored."""
     raw = environ.get(TIMEOUT_VAR)
@@ -45,11 +50,12 @@ def rendezvous_timeout(environ=os.environ) -> float | None:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if not (value > 0 and value != float("inf")):
+    if not 0 < value <= MAX_TIMEOUT:  # also false for nan
         _warn_once(
             f"timeout:{raw}",
-            f"{TIMEOUT_VAR}={raw!r} is not a positive number of seconds; it is ignored "
-            f"(the private world's rendezvous uses vLLM's own timeout).",
+            f"{TIMEOUT_VAR}={raw!r} is not accepted: it must be a number of seconds greater than 0 and at most "
+            f"{MAX_TIMEOUT} (about 24 days). It is ignored (the private world's rendezvous uses vLLM's own "
+            f"timeout).",
         )
         return None
     return value

@@ -132,6 +132,11 @@ def _note_existing_vllm_world(family: Family) -> None:
         from . import world
 
         world.note_vllm_owned_default()
+        # Who made that WORLD cannot be told after the fact, and an engine already built is never moved.
+        log.warning(
+            "vllm-pg-shim: vLLM had already initialised its distributed state when the shim was installed: its "
+            "WORLD is taken as vLLM's own and left as it is. Install the shim before vLLM initialises."
+        )
 
 
 def install(*, family: str | None = None, how: str = "install()") -> dict:

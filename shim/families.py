@@ -56,8 +56,22 @@ class Family:
         # prereleases is explicit: packaging >= 26 changed how ranges admit dev/local builds.
         return SpecifierSet(self.releases).contains(release_key(version), prereleases=False)
 
+    def has_patch_module(self) -> bool:
+        """Whether the family's module exists (found, not imported: a family may import torch)."""
+        import importlib.util
+
+        try:
+            return importlib.util.find_spec(f"vllm_pg_shim.patches.{self.module_name}") is not None
+        except (ImportError, ValueError):
+            return False
+
     def patch_module(self) -> ModuleType:
-        return importlib.import_module(f"vllm_pg_shim.patches.{self.module_name}")
+        name = f"vllm_pg_shim.patches.{self.module_name}"
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            raise ShimError(f"compat_matrix.yaml: family {self.name!r} names the patch module {self.module_name!r}, "
+                            f"which cannot be imported as {name} ({exc})") from exc
 
 
 def release_key(version: str) -> str:
@@ -66,14 +80,14 @@ def release_key(version: str) -> str:
 
     try:
         v = Version(version)
-    except InvalidVersion as exc:
+    except (InvalidVersion, TypeError) as exc:  # TypeError: metadata without a Version field gives None
         raise ShimError(f"vLLM reports the version {version!r}, which is not a PEP 440 version") from exc
     key = ".".join(str(p) for p in v.release)
     return f"{key}.post{v.post}" if v.post is not None else key
 
 
 @functools.lru_cache(maxsize=None)
-def load_matrix(path: str = str(MATRIX_PATH)) -> dict:
+def _load_matrix(path: str) -> dict:
     import yaml
 
     try:
@@ -84,23 +98,56 @@ def load_matrix(path: str = str(MATRIX_PATH)) -> dict:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ShimError(f"vllm-pg-shim's compatibility matrix {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("families"), dict):
-        raise ShimError(f"vllm-pg-shim's compatibility matrix {path} has no 'families' mapping")
+    if not isinstance(data, dict) or not isinstance(data.get("families"), dict) or not data["families"]:
+        raise ShimError(f"vllm-pg-shim's compatibility matrix {path} has no 'families' mapping (or it is empty)")
     return data
 
 
-def families(path: str = str(MATRIX_PATH)) -> list[Family]:
+def load_matrix(path: str | None = None) -> dict:
+    """The matrix as data; ``path`` defaults to :data:`MATRIX_PATH`, read at call time."""
+    return _load_matrix(str(path or MATRIX_PATH))
+
+
+def _targets(spec: dict) -> tuple[Target, ...]:
+    by_role = spec.get("targets") or {}
+    if not isinstance(by_role, dict):
+        raise ValueError(f"'targets' must map roles {list(ROLES)} to lists, not {by_role!r}")
+    unknown = [role for role in by_role if role not in ROLES]
+    if unknown:
+        raise ValueError(f"unknown role(s) {unknown} under 'targets'; accepted: {list(ROLES)}")
+    targets = []
+    for role in ROLES:
+        entries = by_role.get(role) or ()
+        if not isinstance(entries, (list, tuple)):
+            raise ValueError(f"targets.{role} must be a list of 'module:qualname', not {entries!r}")
+        for entry in entries:
+            if not isinstance(entry, str):
+                raise ValueError(f"target {entry!r} under targets.{role} is not 'module:qualname'")
+            targets.append(Target.parse(entry, role))
+    return tuple(targets)
+
+
+def families(path: str | None = None) -> list[Family]:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
     result = []
     for name, spec in load_matrix(path)["families"].items():
         try:
-            targets = tuple(
-                Target.parse(entry, role)
-                for role in ROLES
-                for entry in (spec.get("targets") or {}).get(role) or ()
-            )
-            result.append(Family(name, str(spec["releases"]), str(spec["module"]), targets, spec.get("world_state")))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ShimError(f"compat_matrix.yaml: family {name!r} is malformed ({exc!r})") from exc
+            if not isinstance(spec, dict):
+                raise ValueError(f"expected a mapping with 'releases', 'module' and 'targets', not {spec!r}")
+            releases = str(spec["releases"])
+            try:
+                SpecifierSet(releases)
+            except InvalidSpecifier as exc:
+                raise ValueError(f"releases {releases!r} is not a PEP 440 version specifier") from exc
+            family = Family(name, releases, str(spec["module"]), _targets(spec), spec.get("world_state"))
+            if not family.has_patch_module():
+                raise ValueError(f"the patch module {family.module_name!r} does not exist in vllm_pg_shim.patches")
+            result.append(family)
+        except KeyError as exc:
+            raise ShimError(f"compat_matrix.yaml: family {name!r} is malformed (no {exc} key)") from exc
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ShimError(f"compat_matrix.yaml: family {name!r} is malformed ({exc})") from exc
     return result
 
 
@@ -146,7 +193,8 @@ def decide(version: str, dist_name: str | None, forced: str | None = None) -> De
         for fam in known:
             if fam.name == forced:
                 return Decision(fam, "forced", f"VLLM_PG_SHIM_FORCE={forced}")
-        raise ShimError(f"VLLM_PG_SHIM_FORCE={forced!r} names no family; known: {[f.name for f in known]}")
+        raise ShimError(f"the forced patch family {forced!r} (VLLM_PG_SHIM_FORCE or install(family=...)) does not "
+                        f"exist; known families: {[f.name for f in known]}")
     for fam in known:
         if fam.covers(version):
             return Decision(fam, "matrix")

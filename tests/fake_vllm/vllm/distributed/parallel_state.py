@@ -9,7 +9,7 @@ def init_distributed_environment(world_size=-1, rank=-1, distributed_init_method
     global _WORLD
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend=backend, init_method=distributed_init_method,
-                                             world_size=world_size, rank=rank)
+                                             world_size=world_size, rank=rank, timeout=timeout)
     if _WORLD is None:
         _WORLD = init_world_group(list(range(torch.distributed.get_world_size())), local_rank, backend)
 
