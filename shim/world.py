@@ -10,8 +10,9 @@ every reference to it, including copies other modules hold, sees the routing:
   world current, everything else with the host's. The default group, the name counter, every enumeration and
   every new entry belong to the current world only, so ``new_group`` names, ``destroy_process_group()`` and
   ``is_initialized()`` never cross between host and vLLM;
-- look-ups keyed by a group object fall through to the world that owns that group, so a collective on one of
-  vLLM's groups translates its global ranks correctly whichever world is current.
+- look-ups keyed by a group object fall through to the world that owns that group, and a torch.distributed
+  function given one of vLLM's groups runs with vLLM's world current, so a collective on one of vLLM's groups
+  translates its global ranks (and finds its own rank) correctly whichever world is current.
 
 torch's C++ registry of group names is process-wide and refuses duplicates, while a private world must name its
 groups exactly as vLLM's clean processes do ("0", "1", ...: the names prefix the rendezvous keys its peers use).
@@ -24,17 +25,19 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import inspect
 import itertools
 import os
 import sys
 import threading
+import types
 from collections.abc import MutableMapping
 from typing import Any, Iterator
 
 import torch.distributed.distributed_c10d as c10d
 
 NAME_PREFIX = "vllm_pg_shim."
-PACKAGE_REEXPORTS = ("init_process_group", "get_rank")
 
 _current_private: contextvars.ContextVar[PrivateWorld | None] = contextvars.ContextVar(
     "vllm_pg_shim_current_private_world", default=None
@@ -312,15 +315,53 @@ def _routed_update_default_pg(real):
     return _update_default_pg
 
 
-def _routed_get_rank(real):
-    def get_rank(group=None):
-        # torch computes a group rank from the default group's rank, i.e. the *current* world's: for a group
-        # of another world that is the wrong world. A member's group knows its own rank.
-        if group is not None and _current_private.get() is None and any(group in w.pg_map for w in _live):
-            return group.rank()
-        return real(group)
+def _owner_of_group(group) -> PrivateWorld | None:
+    if group is None:
+        return None
+    for w in _live:
+        if group in w.pg_map:
+            return w
+    return None
 
-    return get_rank
+
+def _routed_group_function(real, group_at: int):
+    """A torch.distributed function given one of vLLM's groups while the host's world is current runs with that
+    group's world current: torch <= 2.4 takes "my rank" in object collectives, send/recv and gather/scatter
+    from the default group (``get_rank()``), which would be the host's rank, not vLLM's; and ``get_rank(group)``
+    computes from the default group's rank too."""
+
+    @functools.wraps(real)
+    def call(*args, **kwargs):
+        if _current_private.get() is None and _live:
+            owner = _owner_of_group(kwargs["group"] if "group" in kwargs
+                                    else args[group_at] if len(args) > group_at else None)
+            if owner is not None:
+                with scope(owner):
+                    return real(*args, **kwargs)
+        return real(*args, **kwargs)
+
+    return call
+
+
+@functools.lru_cache(maxsize=None)
+def _group_functions() -> dict[str, int]:
+    """torch.distributed's public functions that take a ``group``, with its position: found, not listed, so
+    every release's set is covered. (Read before the router replaces any of them.)"""
+    import torch.distributed as dist
+
+    found = {}
+    for name in getattr(c10d, "__all__", ()):
+        fn = vars(c10d).get(name)
+        # type(), not isinstance(): a deprecated torch object (reduce_op) warns on any attribute access
+        if type(fn) is not types.FunctionType or vars(dist).get(name) is not fn:
+            continue
+        try:
+            params = list(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            continue
+        if "group" in params and name != "init_process_group":
+            found[name] = params.index("group")
+    return found
 
 
 def _safe(fn) -> None:
@@ -357,14 +398,17 @@ def _install_router() -> None:
     from . import rendezvous
 
     replacements["init_process_group"] = rendezvous.routed_init_process_group(c10d.init_process_group)
-    replacements["get_rank"] = _routed_get_rank(c10d.get_rank)
+    reexported = {"init_process_group"}
+    for name, group_at in _group_functions().items():
+        replacements[name] = _routed_group_function(getattr(c10d, name), group_at)
+        reexported.add(name)
     for name, fn in replacements.items():
         saved[name] = getattr(c10d, name)
         setattr(c10d, name, fn)
     # torch.distributed re-exports these; vLLM calls them through the package.
     import torch.distributed as dist
 
-    for name in PACKAGE_REEXPORTS:
+    for name in reexported:
         saved[f"dist.{name}"] = getattr(dist, name)
         setattr(dist, name, replacements[name])
     c10d._world.__class__ = RoutingWorld
@@ -379,8 +423,8 @@ def _remove_router() -> None:
     import torch.distributed as dist
 
     c10d._world.__class__ = saved.pop("__class__")
-    for name in PACKAGE_REEXPORTS:
-        setattr(dist, name, saved.pop(f"dist.{name}"))
+    for key in [k for k in saved if k.startswith("dist.")]:
+        setattr(dist, key[len("dist."):], saved.pop(key))
     for name, fn in saved.items():
         setattr(c10d, name, fn)
 

@@ -84,21 +84,29 @@ def test_pg_tier_with_shim(tmp_path, scenario):
             assert data["get_tp_group"]["size"] == expected_size, data
 
 
+def stock_failure(ranks, timed_out, rank) -> str | None:
+    """How stock vLLM failed on ``rank``: a hang (stopped) or, up to 0.7.2, its world-size error; None if it did not."""
+    error = ranks.get(rank, {}).get("error", "")
+    if timed_out and "vllm_done" not in stages(ranks, rank):
+        return f"hang in init_distributed_environment (no progress for {STOCK_BOUND} s, stopped)"
+    if "vllm_error" in stages(ranks, rank) and "world_size" in error:
+        return f"error: {error[:120]}"
+    return None
+
+
 def test_pg_tier_stock_reproduces_the_failure(tmp_path, record_property):
     """Stock, vLLM on rank 0 of a host WORLD of 2 must fail: a hang (stopped) or the world-size error."""
     returncode, timed_out, ranks, log, _ = run_pg(tmp_path, world=2, engines="0", activation="stock", timeout=SHIM_BOUND,
                                                   stall_after=STOCK_BOUND)
-    error = ranks.get(0, {}).get("error", "")
-    hung = timed_out and "vllm_done" not in stages(ranks, 0)
-    world_size_error = "vllm_error" in stages(ranks, 0) and "world_size" in error
-    assert hung or world_size_error, f"stock vLLM did not fail here:\n{log}"
-    record_property("stock_outcome", f"hang in init_distributed_environment (no progress for {STOCK_BOUND} s, stopped)" if hung
-                    else f"error: {error[:120]}")
+    outcome = stock_failure(ranks, timed_out, 0)
+    assert outcome, f"stock vLLM did not fail here:\n{log}"
+    record_property("stock_outcome", outcome)
 
 
-def test_pg_tier_stock_launcher_on_some_ranks_hangs(tmp_path):
+def test_pg_tier_stock_launcher_on_some_ranks_fails(tmp_path):
     """Stock, an external-launcher engine on ranks 2 and 3 of 4 asks for a world group over all 4 host ranks:
-    ranks 0 and 1 never join, so it hangs (stopped) — the case the launcher blocks exist for."""
+    ranks 0 and 1 never join, so it hangs (stopped), or up to 0.7.2 raises its world-size error — the case the
+    launcher blocks exist for."""
     returncode, timed_out, ranks, log, _ = run_pg(tmp_path, world=4, engines="2,3", launcher=True, activation="stock",
                                                   timeout=SHIM_BOUND, stall_after=STOCK_BOUND, stalled_rank=2)
-    assert timed_out and "vllm_done" not in stages(ranks, 2), f"stock vLLM did not hang here:\n{log}"
+    assert stock_failure(ranks, timed_out, 2), f"stock vLLM did not fail here:\n{log}"

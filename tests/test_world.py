@@ -42,6 +42,8 @@ def test_private_world_of_two_runs_beside_host_collectives_in_another_thread(tmp
         assert r["host_ok"] and r["private_errors"] == []
         assert r["broadcast_from_private_rank1"] == 0.0  # host rank 0 is private rank 1
         assert r["host_rank"] == rank and r["private_rank_outside_scope"] == 1 - rank
+        assert r["object_from_private_rank1"] == {"from_private_rank": 1}
+        assert r["object_collectives_routed"] and r["object_collectives_restored"]
         assert r["host_sum_after"] == 3.0
 
 

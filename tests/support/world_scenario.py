@@ -82,6 +82,7 @@ def case_shared_private_world(rank, ports, out):
     thread while the host's run in another, and a broadcast with a global source rank works outside the scope."""
     from vllm_pg_shim import world
 
+    original_broadcast_object_list = dist.broadcast_object_list
     pw = world.new_private_world("tp2")
     with world.scope(pw):
         # private ranks are the reverse of the host's, so a mix-up of the two shows in the sums
@@ -105,12 +106,18 @@ def case_shared_private_world(rank, ports, out):
     thread.join()
     b = torch.tensor([float(rank)])
     dist.broadcast(b, src=1, group=private_group)  # private global rank 1 == host rank 0
+    # torch <= 2.4 takes the sender's rank from the default group (the host's here): routed to vLLM's world
+    objects = [{"from_private_rank": 1 - rank}] if rank == 0 else [None]
+    dist.broadcast_object_list(objects, src=1, group=private_group)
     result = {"host_ok": host_ok, "private_errors": errors, "broadcast_from_private_rank1": b.item(),
-              "host_rank": dist.get_rank(), "private_rank_outside_scope": dist.get_rank(private_group)}
+              "host_rank": dist.get_rank(), "private_rank_outside_scope": dist.get_rank(private_group),
+              "object_from_private_rank1": objects[0],
+              "object_collectives_routed": dist.broadcast_object_list is not original_broadcast_object_list}
     with world.scope(pw):
         dist.destroy_process_group()
     world.release(pw)
     result["host_sum_after"] = host_sum(rank + 1.0)
+    result["object_collectives_restored"] = dist.broadcast_object_list is original_broadcast_object_list
     _write(out, rank, stage="done", **result)
 
 
