@@ -5,6 +5,7 @@
 - ``e2e-<version>``: the end-to-end tier on one listed release, recording its result in compat_matrix.yaml.
 - ``pg-<version>`` (tag ``matrix``: ``nox -t matrix`` runs all): the process-group tier on one release, recording.
 - ``gpu``: the 2-GPU tier on this interpreter (a GPU host's own torch), recording; skips without two GPUs.
+- ``bench``: the shim's cost as ratios against stock vLLM in the same run, into docs/benchmarks (not in ``tests``).
 
 Virtual environments live outside the checkout (``$VLLM_PG_SHIM_CACHE/nox``, default ``~/.cache/vllm-pg-shim``)
 and are reused, so a fresh clone does not download vLLM again.
@@ -54,6 +55,17 @@ def demo(session: nox.Session) -> None:
     """The seed scenario stock and with the shim, side by side (real vLLM on CPU, a tiny model)."""
     install_e2e_env(session, E2E["default"])
     session.run("python", "demo/seed_demo.py", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The shim's cost against stock vLLM, as ratios taken with alternating repeats in the same run (real vLLM on
+    CPU, the tiny model): writes docs/benchmarks/results.json, README.md (the table) and ratios.png.
+    ``-- --repeats N`` (default 5), ``-- --quick`` (2 repeats), ``-- --only engine,worlds,startup,timeout``,
+    ``-- --render`` (table and plot again from results.json)."""
+    install_e2e_env(session, E2E["default"])
+    session.install("matplotlib")  # the plot only; the measured processes never import it
+    session.run("python", "tests/support/bench.py", *session.posargs)
 
 
 for _version in E2E["versions"]:

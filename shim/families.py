@@ -95,7 +95,8 @@ def _load_matrix(path: str) -> dict:
     except OSError as exc:
         raise ShimError(f"vllm-pg-shim cannot read its compatibility matrix {path}: {exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        # libyaml's loader where PyYAML has it: the pure-Python one takes ~0.1 s for this file, on every install()
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         raise ShimError(f"vllm-pg-shim's compatibility matrix {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("families"), dict) or not data["families"]:

@@ -40,16 +40,16 @@ def _write(out: Path, rank: int, **fields) -> None:
     tmp.replace(path)
 
 
-def generate(llm) -> list[list[int]]:
+def generate(llm, prompt_ids: list[list[int]] = PROMPTS, max_tokens: int = MAX_TOKENS) -> list[list[int]]:
     from vllm import SamplingParams
 
-    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     try:
         from vllm.inputs import TokensPrompt
 
-        prompts = [TokensPrompt(prompt_token_ids=p) for p in PROMPTS]
+        prompts = [TokensPrompt(prompt_token_ids=p) for p in prompt_ids]
     except ImportError:  # older releases take the dict form only
-        prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+        prompts = [{"prompt_token_ids": p} for p in prompt_ids]
     outputs = llm.generate(prompts, params, use_tqdm=False)
     return [list(o.outputs[0].token_ids) for o in outputs]
 

@@ -1,0 +1,17 @@
+"""docs/benchmarks/README.md is generated from results.json (``nox -s bench``): they never differ."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from support.bench import DEFAULT_OUT, table
+
+
+def test_bench_table_matches_results():
+    results = DEFAULT_OUT / "results.json"
+    if not results.exists():
+        pytest.skip("no benchmark results yet (nox -s bench writes them)")
+    assert (DEFAULT_OUT / "README.md").read_text() == table(json.loads(results.read_text())), (
+        "docs/benchmarks/README.md differs from results.json: run `python tests/support/bench.py --render`")
