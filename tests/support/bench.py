@@ -241,6 +241,21 @@ def machine(note: str) -> dict:
             "load_average_start": list(os.getloadavg())}
 
 
+def source_commit() -> str | None:
+    """The commit measured: this checkout's (noting uncommitted changes to the shim), or, for an exported tree,
+    ``VLLM_PG_SHIM_BENCH_COMMIT``."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "shim", "patches"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("VLLM_PG_SHIM_BENCH_COMMIT")
+    return f"{rev} (with uncommitted changes to the shim)" if dirty else rev
+
+
 def fmt(value: float, unit: str) -> str:
     return f"{value:.3f}" if unit == "ratio" else f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
 
@@ -262,7 +277,8 @@ def table(results: dict) -> str:
         f"{', '.join(f'{x:.1f}' for x in m['load_average_start'])}, at the end "
         f"{', '.join(f'{x:.1f}' for x in m.get('load_average_end', []))}. "
         f"Python {m['python']}, {m['vllm']}, torch {m['torch']}, vllm-pg-shim {m['shim']}. "
-        f"Run {results['date']}, {results['repeats']} repeats, {results['minutes']:.0f} minutes.",
+        f"Run {results['date']} on commit {results.get('commit') or 'unknown'}, {results['repeats']} repeats, "
+        f"{results['minutes']:.0f} minutes.",
         "",
         "Ratios are shim / stock, taken with alternating repeats in the same run (each repeat in fresh "
         "processes); spread is min-max over the repeats.",
@@ -374,7 +390,7 @@ def main(argv=None) -> int:
     model = str(ensure_tiny_model())
     started = time.monotonic()
     results = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "repeats": repeats, "machine": machine(args.note), "items": [], "raw": {},
+               "repeats": repeats, "machine": machine(args.note), "commit": source_commit(), "items": [], "raw": {},
                "batch": "16 prompts of 16 tokens, 32 tokens generated for each; per process the best of 10-40 rounds (at least 10 s of them) after a warm-up",
                "engine": "vllm.LLM(tiny random Llama, skip_tokenizer_init, enforce_eager, in-process engine)"}
     work = Path(tempfile.mkdtemp(prefix="vllm-pg-shim-bench-"))
