@@ -32,12 +32,17 @@ nox.options.sessions = ["tests"]
 CONFLICTING = ["torchvision", "torchaudio", "torchcodec"]
 
 
-def install_e2e_env(session: nox.Session, version: str) -> None:
-    session.install(f"{E2E['distribution']}=={version}", *E2E["with"])
-    session.run("python", "-m", "pip", "uninstall", "-y", "-q", *CONFLICTING, silent=True)
+def install_e2e_env(session: nox.Session, version: str, python: str = "python") -> None:
+    """``python``: the interpreter of the environment to install into (default: the session's own venv)."""
+
+    def install(*args: str) -> None:
+        session.run(python, "-m", "pip", "install", *args)
+
+    install(f"{E2E['distribution']}=={version}", *E2E["with"])
+    session.run(python, "-m", "pip", "uninstall", "-y", "-q", *CONFLICTING, silent=True)
     # not editable: the shim's .pth and entry point must be installed as a user gets them
-    session.install("--force-reinstall", "--no-deps", ".")
-    session.install("wrapt", "packaging", "PyYAML", "pytest", "psutil")
+    install("--force-reinstall", "--no-deps", ".")
+    install("wrapt", "packaging", "PyYAML", "pytest", "psutil")
 
 
 @nox.session
@@ -57,15 +62,20 @@ def demo(session: nox.Session) -> None:
     session.run("python", "demo/seed_demo.py", *session.posargs)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """The shim's cost against stock vLLM, as ratios taken with alternating repeats in the same run (real vLLM on
     CPU, the tiny model): writes docs/benchmarks/results.json, README.md (the table) and ratios.png.
     ``-- --repeats N`` (default 5), ``-- --quick`` (2 repeats), ``-- --only engine,worlds,startup,timeout``,
-    ``-- --render`` (table and plot again from results.json)."""
-    install_e2e_env(session, E2E["default"])
-    session.install("matplotlib")  # the plot only; the measured processes never import it
-    session.run("python", "tests/support/bench.py", *session.posargs)
+    ``-- --render`` (table and plot again from results.json). Runs in the ``tests`` session's venv (nox keeps a
+    venv per session name; vLLM is not installed twice)."""
+    venv = CACHE / "nox" / "tests"
+    python = str(venv / "bin" / "python")
+    if not Path(python).exists():
+        session.run(sys.executable, "-m", "virtualenv", "-q", str(venv))  # virtualenv comes with nox
+    install_e2e_env(session, E2E["default"], python)
+    session.run(python, "-m", "pip", "install", "-q", "matplotlib")  # the plot only; never in a measured process
+    session.run(python, "tests/support/bench.py", *session.posargs)
 
 
 for _version in E2E["versions"]:
