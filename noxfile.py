@@ -36,7 +36,7 @@ def install_e2e_env(session: nox.Session, version: str, python: str = "python") 
     """``python``: the interpreter of the environment to install into (default: the session's own venv)."""
 
     def install(*args: str) -> None:
-        session.run(python, "-m", "pip", "install", *args)
+        session.run(python, "-m", "pip", "install", *args, silent=True)  # as session.install is
 
     install(f"{E2E['distribution']}=={version}", *E2E["with"])
     session.run(python, "-m", "pip", "uninstall", "-y", "-q", *CONFLICTING, silent=True)

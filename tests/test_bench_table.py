@@ -1,4 +1,5 @@
-"""docs/benchmarks/README.md is generated from results.json (``nox -s bench``): they never differ."""
+"""docs/benchmarks/README.md and the README's table are generated from results.json (``nox -s bench``): they
+never differ."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support.bench import DEFAULT_OUT, table
+from support.bench import DEFAULT_OUT, README_BLOCK, ROOT, readme_block, table
 
 
 def test_bench_table_matches_results():
@@ -15,3 +16,7 @@ def test_bench_table_matches_results():
         pytest.skip("no benchmark results yet (nox -s bench writes them)")
     assert (DEFAULT_OUT / "README.md").read_text() == table(json.loads(results.read_text())), (
         "docs/benchmarks/README.md differs from results.json: run `python tests/support/bench.py --render`")
+    readme = (ROOT / "README.md").read_text()
+    if README_BLOCK[0] in readme:
+        assert readme_block(json.loads(results.read_text())) in readme, (
+            "the README's benchmark table differs from results.json: run `python tests/support/bench.py --render`")

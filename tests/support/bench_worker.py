@@ -7,7 +7,7 @@ Every case runs in a fresh interpreter, so no case pays for, or profits from, wh
   thing). Times ``import vllm``, ``LLM(...)`` and the generation of a fixed batch of prompts.
 - ``seed``: the seed case. A host WORLD of 2 gloo ranks (torch.multiprocessing), the shim installed in each;
   rank 0 builds the engine (timed as in ``engine``) and generates, then both ranks run collectives on the host's
-  WORLD.
+  WORLD. ``--activation stock``: the same processes without the shim, rank 0 building before it joins the WORLD.
 - ``world``: vLLM's own ``init_distributed_environment`` + ``ensure_model_parallel_initialized`` for a world of
   ``--size`` ranks, cycle after cycle, alternating: with the shim installed inside a host WORLD (a private world)
   and with the shim uninstalled in the same processes while no WORLD exists (vLLM alone, as in a clean
@@ -45,7 +45,7 @@ def _save(path: str, data: dict) -> None:
     Path(path).write_text(json.dumps(data))
 
 
-def _engine_timings(model: str) -> dict:
+def _engine_timings(model: str, clock: _Clock | None = None) -> dict:
     """``import vllm``, ``LLM(...)`` and generation, each timed in wall-clock and in this process's CPU time (all
     its threads: the in-process engine's work is all here, and CPU time is what other load on a shared machine
     disturbs least). The engine is handed back (``llm``) so the caller decides how long it lives.
@@ -57,9 +57,21 @@ def _engine_timings(model: str) -> dict:
     t0 = time.perf_counter()
     import vllm  # noqa: F401
 
+    profile = os.environ.get("VLLM_PG_SHIM_BENCH_PROFILE")  # a file for cProfile's stats of LLM() (by hand)
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    if clock is not None:
+        clock.take()
     t1, c1 = time.perf_counter(), time.process_time()
     llm = build_llm(model)
     t2, c2 = time.perf_counter(), time.process_time()
+    shim_own = clock.take() if clock is not None else None
+    if profile:
+        profiler.disable()
+        profiler.dump_stats(profile)
     generate(llm, BATCH_PROMPTS, BATCH_MAX_TOKENS)  # warm-up: the first steps pay one-time costs
     rounds, cpu_rounds = [], []
     deadline = time.perf_counter() + ROUNDS_SECONDS
@@ -69,19 +81,15 @@ def _engine_timings(model: str) -> dict:
         rounds.append(tokens / (time.perf_counter() - start))
         cpu_rounds.append(tokens / (time.process_time() - cpu))
     return {"llm": llm, "import_vllm_s": t1 - t0, "build_s": t2 - t1, "build_cpu_s": c2 - c1,
+            "build_shim_own_s": shim_own,
             "tokens_per_s_rounds": rounds, "tokens_per_s": max(rounds), "tokens_per_cpu_s": max(cpu_rounds),
             "tokens_per_round": len(BATCH_PROMPTS) * BATCH_MAX_TOKENS}
 
 
 def case_engine(args) -> None:
     result = {"activation": args.activation}
-    if args.activation == "install":
-        t = time.perf_counter()
-        import vllm_pg_shim
-
-        vllm_pg_shim.install()
-        result["install_s"] = time.perf_counter() - t
-    timings = _engine_timings(args.model)
+    clock = _install_with_clock() if args.activation == "install" else None
+    timings = _engine_timings(args.model, clock)
     timings.pop("llm")
     result.update(timings)
     if args.activation == "install":
@@ -92,28 +100,41 @@ def case_engine(args) -> None:
 
 
 def _seed_rank(rank: int, args, port: int) -> None:
-    import vllm_pg_shim
+    """``--activation install``: the seed case. ``stock``: the same processes without the shim and without a host
+    WORLD (stock vLLM in a foreign one hangs); they meet over a plain store instead: what the seed case's layout
+    costs on its own."""
+    shim = args.activation == "install"
+    clock = _install_with_clock() if shim else None
+    from datetime import timedelta
 
-    vllm_pg_shim.install()
     import torch.distributed as dist
 
     from support.seed_scenario import host_collectives
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank)
-    result = {}
+    if shim:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank)
+    else:
+        store = dist.TCPStore("127.0.0.1", port, 2, rank == 0, timedelta(minutes=10))
+    result = {"activation": args.activation}
+    llm = None
     if rank == 0:
-        timings = _engine_timings(args.model)
+        timings = _engine_timings(args.model, clock)
         llm = timings.pop("llm")
         result.update(timings)
-        result["private_worlds"] = [(w["size"], w["rank"])
-                                    for w in vllm_pg_shim.status()["world"]["private_worlds"]]
-    checks = host_collectives(rank, 2)
-    if rank == 0:
+    if shim:
+        import vllm_pg_shim
+
+        result["private_worlds"] = [(w["size"], w["rank"]) for w in vllm_pg_shim.status()["world"]["private_worlds"]]
+        checks = host_collectives(rank, 2)
         result["host_collectives_ok"] = all(checks[k] for k in ("world_all_reduce_ok", "subgroup_all_reduce_ok",
                                                                 "broadcast_ok"))
+    if rank == 0:
         _save(args.out, result)
-        del llm
-    dist.destroy_process_group()
+    del llm
+    if shim:
+        dist.destroy_process_group()
+    else:
+        _store_barrier(store, "done", 2)
 
 
 def case_seed(args) -> None:
@@ -149,6 +170,18 @@ class _Clock:
         return value
 
 
+def _install_with_clock() -> _Clock:
+    """``vllm_pg_shim.install()``, with the shim's own steps clocked: patching vLLM's modules as they are imported,
+    making and releasing private worlds (the router with them), reading vLLM's call."""
+    import vllm_pg_shim
+    from vllm_pg_shim import _lifecycle, roles, world
+
+    clock = _Clock({_lifecycle: ["_on_import"], world: ["new_private_world", "release", "discard"],
+                    roles: ["bound_arguments"]})
+    vllm_pg_shim.install()
+    return clock
+
+
 def _store_barrier(store, key: str, size: int) -> None:
     if store.add(key, 1) == size:
         store.set(key + "/go", "1")
@@ -164,16 +197,14 @@ def _world_rank(rank: int, args, ports: list[int]) -> None:
 
     import vllm_pg_shim
     from support.pg_scenario import call_with_supported, import_parallel_state, vllm_config_context
-    from vllm_pg_shim import roles, world
+    from vllm_pg_shim import world
 
     host_size = max(2, args.size)
     member = rank < args.size
     # a plain key-value store (not a process group) lines the ranks up before each timed step
     store = TCPStore("127.0.0.1", ports[0], host_size, rank == 0, timedelta(seconds=120))
     ps = import_parallel_state()
-    vllm_pg_shim.install()
-    # the shim's own steps: making and releasing private worlds (the router with them), reading vLLM's call
-    shim_clock = _Clock({world: ["new_private_world", "release", "discard"], roles: ["bound_arguments"]})
+    shim_clock = _install_with_clock()
 
     def vllm_setup(port: int) -> dict:
         """vLLM's set-up (timed, and the shim's own part of it), then vLLM's teardown (timed)."""
