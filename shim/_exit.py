@@ -5,6 +5,10 @@ it runs the finalizers registered with an exit priority, then joins every non-da
 ``atexit``. vLLM shuts its engine process down from ``weakref.finalize`` callbacks, which run at GC or at
 ``atexit``: if the ``LLM`` is still referenced (or in a reference cycle) the child joins vLLM's engine process
 forever. The shim registers one prioritised finalizer that runs vLLM's pending finalizers first.
+
+A *daemonic* child (``torch.multiprocessing.spawn(..., daemon=True)``, a Pool worker) may not start processes at
+all, so vLLM's engine process and workers cannot start there: multiprocessing's bare assertion then says so, and
+the shim adds what to do instead.
 """
 from __future__ import annotations
 
@@ -14,6 +18,13 @@ import os
 import weakref
 
 _watched_pid: int | None = None
+_original_start = None
+
+DAEMONIC_ADVICE = (
+    "vllm-pg-shim: this process is a daemonic multiprocessing child (e.g. torch.multiprocessing.spawn(..., "
+    "daemon=True) or a Pool worker), so vLLM cannot start its engine process or workers here. Build the LLM with "
+    "VLLM_ENABLE_V1_MULTIPROCESSING=0 (an in-process engine), or start this process with daemon=False."
+)
 
 
 class _AfterFork:
@@ -48,6 +59,35 @@ def run_vllm_finalizers() -> int:
     return len(pending)
 
 
+def explain_daemonic_children() -> None:
+    """In a daemonic child, make the error of a process start say why vLLM cannot start there and what to do.
+
+    Only in a daemonic process, where every start fails anyway: the same exception type, the same leading text."""
+    global _original_start
+    if _original_start is not None or not multiprocessing.current_process().daemon:
+        return
+    from multiprocessing.process import BaseProcess
+
+    original = BaseProcess.start
+
+    def start(self):
+        if multiprocessing.current_process().daemon:
+            raise AssertionError(f"daemonic processes are not allowed to have children ({DAEMONIC_ADVICE})")
+        return original(self)
+
+    start.__wrapped__ = original
+    BaseProcess.start = start
+    _original_start = original
+
+
+def restore_process_start() -> None:
+    global _original_start
+    if _original_start is not None:
+        from multiprocessing.process import BaseProcess
+
+        BaseProcess.start, _original_start = _original_start, None
+
+
 def watch_multiprocessing_child_exit() -> None:
     """In a multiprocessing child, run vLLM's finalizers before the child joins its own children.
 
@@ -60,7 +100,10 @@ def watch_multiprocessing_child_exit() -> None:
     if not _after_fork_registered:
         _after_fork_registered = True
         multiprocessing.util.register_after_fork(_after_fork_token, lambda _: watch_multiprocessing_child_exit())
-    if multiprocessing.parent_process() is None or _watched_pid == os.getpid():
+    if multiprocessing.parent_process() is None:
+        return
+    explain_daemonic_children()
+    if _watched_pid == os.getpid():
         return
     _watched_pid = os.getpid()
     # exitpriority >= 0 runs in _exit_function's first pass, before it joins the non-daemonic children.

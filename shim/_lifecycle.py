@@ -209,6 +209,9 @@ def uninstall() -> dict:
                 if is_shim_wrapper(value):
                     setattr(mod, attr, value.__wrapped__)
         _state.replacements.clear()
+        from . import _exit
+
+        _exit.restore_process_start()
         _state.installed, _state.how = False, None
         _state.generation += 1
         return status()

@@ -10,6 +10,11 @@ method (``file://``, ``env://``) is left to torch and vLLM's own timeout, with a
 external-launcher engine on some of the host's ranks: its ``env://`` members meet in a key space of the host's
 store, and the same roll-call bounds that.
 
+The bound also covers torch's making of the group right after the roll-call (gloo connects every pair then): a
+member that arrived and died before that would otherwise keep the others there for the group's own timeout (30
+minutes by default). Where torch can set a group's timeout afterwards (``_set_pg_timeout``), the group is made
+with the bound and then given vLLM's own timeout back; on expiry the error names the members no longer running.
+
 Where the shim opens that store and the address is a loopback one (every member on this host), rank 0's server
 listens on that address only; torch's own would listen on every interface. The shim creates no files.
 """
@@ -41,18 +46,36 @@ class PrivateWorldTimeout(ShimError, TimeoutError):
 
 
 def _wait_for_members(store, rank: int, world_size: int, seconds: float, where: str) -> None:
-    store.set(ARRIVED_KEY.format(rank=rank), f"{socket.gethostname()}:{os.getpid()}")
     keys = [ARRIVED_KEY.format(rank=r) for r in range(world_size)]
     deadline = time.monotonic() + seconds
-    while not store.check(keys):
-        if time.monotonic() >= deadline:
-            arrived = [r for r, k in enumerate(keys) if store.check([k])]
-            missing = [r for r in range(world_size) if r not in arrived]
+    seen, next_look = [rank], 0.0  # who had arrived when this member last looked
+    while True:
+        try:
+            if next_look == 0.0:
+                store.set(keys[rank], f"{socket.gethostname()}:{os.getpid()}")
+            if store.check(keys):
+                return
+            now = time.monotonic()
+            if now >= next_look or now >= deadline:
+                seen = [r for r, k in enumerate(keys) if store.check([k])]
+                next_look = now + 0.25
+        except Exception as exc:  # the store went away: rank 0, which holds it, gave up first or died
+            missing = [r for r in range(world_size) if r not in seen]
             raise PrivateWorldTimeout(
                 f"vLLM's private world at {where} (size {world_size}, this member is rank {rank}) did not "
-                f"assemble within {TIMEOUT_VAR}={seconds:g}s: ranks arrived {arrived}, missing {missing}. "
+                f"assemble: its store closed while this member waited within {TIMEOUT_VAR}={seconds:g}s (rank 0 "
+                f"ended its wait or died: {exc}); ranks arrived {seen}, missing {missing} when last seen. The "
+                f"host's WORLD is untouched.",
+                arrived=seen,
+                missing=missing,
+            ) from exc
+        if now >= deadline:
+            missing = [r for r in range(world_size) if r not in seen]
+            raise PrivateWorldTimeout(
+                f"vLLM's private world at {where} (size {world_size}, this member is rank {rank}) did not "
+                f"assemble within {TIMEOUT_VAR}={seconds:g}s: ranks arrived {seen}, missing {missing}. "
                 f"The host's WORLD is untouched.",
-                arrived=arrived,
+                arrived=seen,
                 missing=missing,
             )
         time.sleep(0.01)
@@ -82,12 +105,41 @@ def _loopback_listener(host: str, port: int) -> int:
     return sock.detach()
 
 
+def _client_store(args: tuple, kwargs: dict, seconds: float):
+    """A member's connection to rank 0's store, bounded: torch's client waits for the server's answer to its ping
+    without a timeout, so a port someone else listens on (and never answers) would hold it forever. It is made
+    in a daemon thread; one that gets no answer in time is left blocked there (one thread and one socket, until
+    that listener closes or the process ends) and this member raises instead."""
+    import threading
+
+    from torch.distributed import TCPStore
+
+    box: dict = {}
+
+    def connect():
+        try:
+            box["store"] = TCPStore(*args, **kwargs)
+        except BaseException as exc:  # handed to the waiting member
+            box["error"] = exc
+
+    thread = threading.Thread(target=connect, name="vllm_pg_shim-store-client", daemon=True)
+    thread.start()
+    thread.join(seconds + 1.0)
+    if "store" in box:
+        return box["store"]
+    if "error" in box:
+        raise box["error"]
+    raise TimeoutError(f"no answer within {seconds:g}s: something other than rank 0's store may be listening there")
+
+
 def _tcp_store(host: str, port: int, rank: int, world_size: int, seconds: float):
     from torch.distributed import TCPStore
 
     args = (host, port, world_size, rank == 0)
     kwargs = dict(timeout=timedelta(seconds=seconds), wait_for_workers=False, multi_tenant=True)
-    if rank != 0 or not is_loopback(host):
+    if rank != 0:
+        return _client_store(args, kwargs, seconds)
+    if not is_loopback(host):
         return TCPStore(*args, **kwargs)
     fd = _loopback_listener(host, port)
     try:
@@ -114,6 +166,60 @@ def _open_store(host: str, port: int, rank: int, world_size: int, seconds: float
         ) from exc
 
 
+def _gone(value: bytes) -> bool:
+    """A member's roll-call entry ("host:pid"): True when it ran on this host and that process has ended."""
+    host, _, pid = value.decode(errors="replace").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # a killed child its parent has not reaped yet is a zombie
+            return f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+    except OSError:
+        pass
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _form_group(real, kwargs: dict, *, roll_store, seconds: float, where: str):
+    """torch makes the group after every member arrived; bound that too (see the module doc)."""
+    set_timeout = getattr(c10d, "_set_pg_timeout", None)
+    bound = timedelta(seconds=seconds)
+    wanted = kwargs.get("timeout")
+    if set_timeout is None or (wanted is not None and wanted <= bound):
+        return real(**kwargs)
+    world_size, rank = kwargs["world_size"], kwargs["rank"]
+    try:
+        result = real(**{**kwargs, "timeout": bound})
+    except Exception as exc:
+        gone = []
+        for r in range(world_size):
+            try:
+                if _gone(roll_store.get(ARRIVED_KEY.format(rank=r))):
+                    gone.append(r)
+            except Exception:  # unreadable: say nothing about that member
+                pass
+        said = f"ranks {gone} are no longer running" if gone else "a member may have died or stopped after arriving"
+        raise PrivateWorldTimeout(
+            f"vLLM's private world at {where} (size {world_size}, this member is rank {rank}): every member arrived "
+            f"but the group was not formed within {TIMEOUT_VAR}={seconds:g}s ({said}): {exc}. The host's WORLD "
+            f"is untouched.",
+            arrived=[r for r in range(world_size) if r not in gone],
+            missing=gone,
+        ) from exc
+    if wanted is None:
+        try:
+            wanted = c10d._get_default_timeout(c10d.Backend(kwargs.get("backend") or "gloo"))
+        except Exception:
+            wanted = c10d.default_pg_timeout
+    set_timeout(wanted, c10d._world.default_pg)  # vLLM's own timeout for its collectives, as without the bound
+    return result
+
+
 def _check_rank(world_size, rank) -> None:
     """A private world's rank outside its size would wait for a peer that can never come: refuse it at once."""
     if isinstance(world_size, int) and isinstance(rank, int) and world_size > 0 and rank != -1 \
@@ -132,6 +238,7 @@ def routed_init_process_group(real):
 
         seconds = rendezvous_timeout() if world.in_private_scope() else None
         private = world.scoped_world()
+        roll_store = where = None
         if private is not None:
             _check_rank(world_size, rank)
         if private is not None and private.rendezvous_store is not None and store is None \
@@ -140,6 +247,7 @@ def routed_init_process_group(real):
             store, init_method = private.rendezvous_store, None
             if seconds is not None and world_size > 1:
                 _wait_for_members(store, rank, world_size, seconds, private.rendezvous_where)
+                roll_store, where = store, private.rendezvous_where
         elif seconds is not None and store is None and init_method and world_size > 1:
             url = urlparse(init_method)
             if url.scheme == "tcp" and url.hostname and url.port:
@@ -148,8 +256,7 @@ def routed_init_process_group(real):
                 where = f"{url.hostname}:{url.port}"
                 tcp = _open_store(url.hostname, url.port, rank, world_size, seconds, where)
                 _wait_for_members(tcp, rank, world_size, seconds, where)
-                if timeout is not None:
-                    tcp.set_timeout(timeout)
+                roll_store = tcp
                 # torch prefixes the store it makes from an init_method the same way: members without the
                 # shim use the very same keys.
                 store, init_method = PrefixStore("default_pg", tcp), None
@@ -159,15 +266,20 @@ def routed_init_process_group(real):
                     f"{TIMEOUT_VAR} bounds a tcp://host:port rendezvous only; vLLM's private world meets at "
                     f"{init_method!r} here, which waits as long as vLLM's own timeout allows.",
                 )
+        call = dict(backend=backend, init_method=init_method, timeout=timeout, world_size=world_size, rank=rank,
+                    store=store, **kw)
         if not world.in_private_scope():
-            return real(backend=backend, init_method=init_method, timeout=timeout, world_size=world_size,
-                        rank=rank, store=store, **kw)
+            return real(**call)
         # torch records a few process-wide things when it makes a default group (its excepthook prefix, the
         # backend and init method of "the" WORLD): those stay the host's.
         saved = (sys.excepthook, getattr(c10d, "_backend", None), getattr(c10d, "_default_pg_init_method", None))
         try:
-            return real(backend=backend, init_method=init_method, timeout=timeout, world_size=world_size,
-                        rank=rank, store=store, **kw)
+            if roll_store is None:
+                return real(**call)
+            result = _form_group(real, call, roll_store=roll_store, seconds=seconds, where=where)
+            if timeout is not None and roll_store is not store:  # the shim's own store: vLLM's timeout from now on
+                roll_store.set_timeout(timeout)
+            return result
         finally:
             sys.excepthook = saved[0]
             for name, value in (("_backend", saved[1]), ("_default_pg_init_method", saved[2])):
