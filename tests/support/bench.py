@@ -122,8 +122,8 @@ def bench_engine(work: Path, model: str, repeats: int) -> tuple[list[dict], dict
         item("seed_construction_own", "the same in the seed case (the routing inside torch's calls is not in it: "
              "see the private-world rows)", "ratio",
              [1 + x["build_shim_own_s"] / y["build_s"] for x, y in zip(seed, stock)], ("<=", 1.02)),
-        item("seed_layout", "seed case (shim) / its layout without the shim: rank 0 of the same 2 processes builds "
-             "before joining the WORLD, stock", "ratio", ratios(seed, layout, "build_s"), None,
+        item("seed_layout", "seed case (shim) / its layout without the shim: the same 3 processes, stock, with no "
+             "host WORLD (they meet over a plain store)", "ratio", ratios(seed, layout, "build_s"), None,
              layout_s=summary([r["build_s"] for r in layout])),
         item("seed_layout_cpu", "the same, CPU time of the process", "ratio", ratios(seed, layout, "build_cpu_s"),
              None, layout_cpu_s=summary([r["build_cpu_s"] for r in layout])),
