@@ -16,6 +16,18 @@ _outcomes: dict[str, dict[str, str]] = {}  # test file -> nodeid -> outcome
 _details: dict[str, str] = {}  # what tests reported with record_property (e.g. the stock outcome)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run only when selected by marker (``pytest -m slow``); otherwise they are skipped."""
+    import pytest
+
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with pytest -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_runtest_logreport(report):
     from support.record import TIERS
 
