@@ -76,7 +76,8 @@ def _resolve_owner(module: ModuleType, qualname: str):
     return owner, attr
 
 
-def _patch_target(module: ModuleType, target: Target, family_module: ModuleType) -> None:
+def _patch_target(module: ModuleType, target: Target, family_module: ModuleType) -> tuple | None:
+    """Wrap one target; returns (original, wrapper, owner module) when copies of it elsewhere need rebinding."""
     from . import roles
 
     try:
@@ -86,26 +87,32 @@ def _patch_target(module: ModuleType, target: Target, family_module: ModuleType)
         if not target.optional:
             _state.missing.append(str(target))
             log.warning("vllm-pg-shim: %s is not in this vLLM release; not wrapped", target)
-        return
+        return None
     if is_shim_wrapper(original):
-        return
+        return None
     role = getattr(family_module, "ROLE_FUNCTIONS", {}).get(target.role) or roles.ROLE_FUNCTIONS[target.role]
     wrapper = _shim_wrapper_class()(original, functools.partial(role, family_module=family_module))
     setattr(owner, attr, wrapper)
     _state.replacements.append(_Replacement(owner, attr, original, wrapper))
-    if isinstance(owner, ModuleType):
-        _rebind_copies(original, wrapper, skip=owner)
+    return (original, wrapper, owner) if isinstance(owner, ModuleType) else None
 
 
-def _rebind_copies(original, wrapper, skip) -> None:
-    """Names bound with ``from … import`` before the patch still hold the original: point them at the wrapper."""
+def _rebind_copies(patched: list[tuple]) -> None:
+    """Names bound with ``from … import`` before the patch still hold the original: point them at the wrapper.
+
+    One pass over the loaded ``vllm.*`` modules for all the targets of a module (a pass per target was most of
+    what ``install()`` cost once vLLM's modules are loaded, and of the shim's own time inside ``LLM()``)."""
+    by_id = {id(original): (original, wrapper, owner) for original, wrapper, owner in patched}
+    if not by_id:
+        return
     for name, mod in list(sys.modules.items()):
-        if mod is None or mod is skip or not (name == "vllm" or name.startswith("vllm.")):
+        if mod is None or not (name == "vllm" or name.startswith("vllm.")):
             continue
         for attr, value in list(vars(mod).items()):
-            if value is original:
-                setattr(mod, attr, wrapper)
-                _state.replacements.append(_Replacement(mod, attr, original, wrapper))
+            hit = by_id.get(id(value))
+            if hit is not None and hit[0] is value and mod is not hit[2]:
+                setattr(mod, attr, hit[1])
+                _state.replacements.append(_Replacement(mod, attr, hit[0], hit[1]))
 
 
 def _on_import(module: ModuleType, generation: int) -> None:
@@ -116,9 +123,11 @@ def _on_import(module: ModuleType, generation: int) -> None:
 
         _exit.watch_multiprocessing_child_exit()
         family_module = _state.family.patch_module()
+        patched = []
         for target in _state.family.targets:
             if target.module == module.__name__:
-                _patch_target(module, target, family_module)
+                patched.append(_patch_target(module, target, family_module))
+        _rebind_copies([p for p in patched if p is not None])
 
 
 def _note_existing_vllm_world(family: Family) -> None:
