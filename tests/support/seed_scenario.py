@@ -131,10 +131,13 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
         import torch
 
         torch.cuda.set_device(rank)
+    # Every host rank has torchrun's environment, as a launcher-started host does: vLLM's own processes inherit
+    # it, and must not be misled by it (vLLM's external launcher reads it back on purpose).
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(args.world),
+                      LOCAL_WORLD_SIZE=str(args.world), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(args.port), TORCHELASTIC_RUN_ID="vllm-pg-shim-test",
+                      TORCHELASTIC_RESTART_COUNT="0", TORCHELASTIC_MAX_RESTARTS="0")
     if args.executor == "external_launcher":
-        # torchrun's contract, which vLLM's external launcher reads back from the environment
-        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(args.world),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))
         dist.init_process_group(args.backend, init_method="env://")
     else:
         dist.init_process_group(args.backend, init_method=f"tcp://127.0.0.1:{args.port}", world_size=args.world,
