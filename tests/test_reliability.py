@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from support.harness import ROOT, _read_ranks, run_bounded, scenario_env
+from support.harness import ROOT, Outcome, _read_ranks, run_bounded, scenario_env
 
 pytestmark = pytest.mark.e2e
 
@@ -38,30 +38,15 @@ def model():
     return ensure_tiny_model()
 
 
-class Run:
-    def __init__(self, out: Path, returncode, timed_out, elapsed, leftovers):
-        self.out, self.returncode, self.timed_out, self.elapsed, self.leftovers = (out, returncode, timed_out,
-                                                                                     elapsed, leftovers)
-        self.ranks = _read_ranks(out)
-        self.log = (out / "log.txt").read_text(errors="replace")
-        parent = out / "parent.json"
-        self.parent = json.loads(parent.read_text()) if parent.exists() else None
+@dataclass
+class Run(Outcome):
+    """The harness's outcome, plus what the scenario's parent wrote: each rank's exit code and exit time."""
 
-    def stages(self, rank: int) -> list[str]:
-        return [s for s, _ in self.ranks.get(rank, {}).get("stages", [])]
-
-    def describe(self) -> str:
-        lines = [f"returncode={self.returncode} timed_out={self.timed_out} elapsed={self.elapsed:.1f}s "
-                 f"parent={self.parent}"]
-        lines += [f"  rank {r}: {' > '.join(self.stages(r))}" for r in sorted(self.ranks)]
-        if self.leftovers:
-            lines.append(f"  leftover processes (killed): {self.leftovers}")
-        lines.append("  log tail:\n" + "\n".join(self.log.splitlines()[-30:]))
-        return "\n".join(lines)
+    parent: dict | None = None
 
 
 def scenario(tmp_path: Path, case: str, *args: str, activation: str = "install", in_process: bool = True,
-             timeout: float = 300, world: int = 2, env: dict | None = None, until=None, exit_grace: float = 20.0,
+             timeout: float = 300, world: int = 2, env: dict | None = None, until=None, exit_grace: float = EXIT_BOUND,
              model: Path | None = None) -> Run:
     """Run one case; ``until(ranks)`` ends the wait early (the process then has ``exit_grace`` s to exit)."""
     cmd = [sys.executable, str(SCRIPT), case, "--out", str(tmp_path), "--activation", activation,
@@ -72,14 +57,16 @@ def scenario(tmp_path: Path, case: str, *args: str, activation: str = "install",
     returncode, timed_out, elapsed, leftovers = run_bounded(
         cmd, timeout=timeout, env=scenario_env(activation, in_process=in_process, extra=env), cwd=ROOT,
         log_path=tmp_path / "log.txt", finished=finished, exit_grace=exit_grace)
-    return Run(tmp_path, returncode, timed_out, elapsed, leftovers)
+    parent = tmp_path / "parent.json"
+    return Run(returncode, timed_out, elapsed, (tmp_path / "log.txt").read_text(errors="replace"),
+               _read_ranks(tmp_path), leftovers, json.loads(parent.read_text()) if parent.exists() else None)
 
 
 def assert_clean(run: Run, world: int = 2, holding: bool = False) -> None:
     """Every rank got to ``done`` with exact host collectives, exited 0, and nothing was left running;
     ``holding``: the ranks still hold an in-process engine at the end (one private world of 1 each)."""
-    never = [r for r in range(world) if "done" not in run.stages(r)]
-    assert not run.timed_out, f"ranks {never} never got to 'done':\n{run.describe()}"
+    never = run.ranks_without("done", range(world))
+    assert not run.timed_out, f"ranks {never} never got to 'done' (parent: {run.parent}):\n{run.describe()}"
     assert run.returncode == 0 and never == [], run.describe()
     assert run.leftovers == [], run.describe()
     for r in range(world):

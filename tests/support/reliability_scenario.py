@@ -34,7 +34,6 @@ import inspect
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
