@@ -45,7 +45,7 @@ def run_pg(tmp_path, *, world, engines, activation, timeout, stall_after=None, l
 
     done = finished if stall_after is None else (lambda: finished() or stalled())
     returncode, timed_out, elapsed, leftovers = run_bounded(cmd, timeout=timeout, env=env, log_path=tmp_path / "log",
-                                                            finished=done, exit_grace=0 if stall_after else 20)
+                                                            finished=done, **({"exit_grace": 0} if stall_after else {}))
     return returncode, timed_out, _read_ranks(tmp_path), (tmp_path / "log").read_text()[-4000:], leftovers
 
 

@@ -87,8 +87,13 @@ def kill_tree(root_pid: int) -> list[str]:
     return killed
 
 
+# Seconds a run has to exit once its work is done: vLLM's and torch's processes end slowly on busy cores (20-60 s
+# seen with 2 cores shared by several 4-rank runs); a process that never exits still fails.
+EXIT_GRACE = 60.0
+
+
 def run_bounded(cmd: list[str], *, timeout: float, env: dict | None = None, cwd: Path | None = None,
-                log_path: Path, finished=None, exit_grace: float = 20.0) -> tuple[int | None, bool, float, list[str]]:
+                log_path: Path, finished=None, exit_grace: float = EXIT_GRACE) -> tuple[int | None, bool, float, list[str]]:
     """Run ``cmd`` for at most ``timeout`` seconds; once ``finished()`` is true (the work is done), the
     process gets ``exit_grace`` seconds more to exit, else it counts as hung at exit."""
     start = time.monotonic()
