@@ -537,7 +537,8 @@ def case_exit(rank: int, args, out: Path) -> None:
         _write(out, rank, stage="engine_failed", error=f"{type(exc).__name__}: {exc}"[:1000],
                type=type(exc).__name__)
         return
-    _write(out, rank, stage="generated", tokens=[generate(llm)], engines=len(_engine_processes()))
+    # engines: this rank's direct children, one engine core per LLM (its workers are the core's children)
+    _write(out, rank, stage="generated", tokens=[generate(llm)], engines=len(_engine_processes(recursive=False)))
     _HELD.append(llm)
 
 

