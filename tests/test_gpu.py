@@ -94,3 +94,15 @@ def test_gpu_tp2_engine_built_on_rank0(tmp_path, model, clean_tokens, activation
     out = run_scenario(tmp_path, model=model, activation=activation, in_process=True, backend="nccl",
                        tp=2, timeout=BOUND)
     assert_healthy(out, engine_ranks=[0], expected_tokens=clean_tokens(2), private_worlds={})
+
+
+def test_gpu_in_process_engine_on_rank1_uses_the_device_the_host_set(tmp_path, model, clean_tokens):
+    """Rank 1 set CUDA device 1 and builds an in-process engine while rank 0 keeps GPU 0 for the host: the engine
+    is on GPU 1 and rank 1's current device is still 1 (stock vLLM's in-process executor takes ``cuda:0``)."""
+    out = run_scenario(tmp_path, model=model, activation="install", in_process=True, backend="nccl",
+                       engine_ranks=(1,), timeout=BOUND)
+    assert_healthy(out, engine_ranks=[1], expected_tokens=clean_tokens(1), private_worlds={1: [(1, 0)]})
+    built = out.ranks[1]
+    assert built["cuda_current_device"] == 1, built
+    on_gpu0, on_gpu1 = built["cuda_allocated"][:2]
+    assert on_gpu0 == 0 and on_gpu1 > 0, built

@@ -74,6 +74,17 @@ def build_llm(model: str, args: argparse.Namespace | None = None):
                **extra)
 
 
+def _cuda_placement(args: argparse.Namespace) -> dict:
+    """Where this process's CUDA state is after an engine build: its current device (the host set it) and the
+    bytes its allocator holds per device (an in-process engine's weights and KV cache are this process's)."""
+    if args.backend != "nccl":
+        return {}
+    import torch
+
+    return {"cuda_current_device": torch.cuda.current_device(),
+            "cuda_allocated": [torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())]}
+
+
 def _device(args: argparse.Namespace):
     import torch
 
@@ -168,7 +179,7 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
     elif rank in args.engine_ranks:
         for cycle in range(args.cycles):
             llm = build_llm(args.model, args)
-            _write(out, rank, stage=f"engine_built_{cycle}")
+            _write(out, rank, stage=f"engine_built_{cycle}", **_cuda_placement(args))
             tokens_per_cycle.append(generate(llm))
             _write(out, rank, stage=f"generated_{cycle}", tokens=tokens_per_cycle)
             if cycle + 1 < args.cycles:  # build/delete/build: every engine but the last is deleted
