@@ -39,6 +39,7 @@ class _State:
     distribution: tuple[str, str] | None = None
     generation: int = 0
     replacements: list[_Replacement] = field(default_factory=list)
+    environment: list[dict] = field(default_factory=list)  # variables install() wrote: name, before, after
     missing: list[str] = field(default_factory=list)
     hooked_modules: set[str] = field(default_factory=set)
     last_error: str | None = None
@@ -174,11 +175,48 @@ def install(*, family: str | None = None, how: str = "install()") -> dict:
             # wrapt runs the hook now if the module is already imported, else right after its import.
             wrapt.register_post_import_hook(functools.partial(_on_import, generation=_state.generation), module_name)
         _note_existing_vllm_world(chosen)
+        _write_import_environment(dist[1])
         from . import _exit
 
         _exit.watch_multiprocessing_child_exit()
         log.info("vllm-pg-shim %s installed (%s) for %s %s, family %s", __version__, how, *dist, chosen.name)
         return status()
+
+
+def _write_import_environment(version: str) -> None:
+    """Write now what ``import vllm`` of this release writes into its process's environment.
+
+    Host ranks that build no engine never import vLLM: without this they keep another NCCL_CUMEM_ENABLE than
+    the ranks that do (0.7.0-0.10.1), and NCCL groups spanning both disagree. Written at install(), before the
+    host makes its NCCL groups, every rank where the shim is installed agrees, and vLLM's own import then finds
+    its value in place."""
+    from .families import import_environment
+
+    _state.environment.clear()
+    for write in import_environment(version):
+        before = os.environ.get(write.variable)
+        if write.unless_exists and os.path.exists(write.unless_exists):
+            continue
+        if write.only_if_unset and before is not None:
+            continue
+        os.environ[write.variable] = write.value
+        _state.environment.append({"variable": write.variable, "before": before, "after": write.value})
+        if before != write.value:
+            log.info("vllm-pg-shim: %s=%s, as `import vllm` %s sets it on every rank", write.variable,
+                     write.value, version)
+
+
+def _restore_import_environment() -> None:
+    """Put back what install() wrote, unless vLLM was imported since (it wrote the same and relies on it) or
+    someone changed the value meanwhile."""
+    for record in reversed(_state.environment):
+        if "vllm" in sys.modules or os.environ.get(record["variable"]) != record["after"]:
+            continue
+        if record["before"] is None:
+            os.environ.pop(record["variable"], None)
+        else:
+            os.environ[record["variable"]] = record["before"]
+    _state.environment.clear()
 
 
 def _check_torch_distributed() -> None:
@@ -221,6 +259,7 @@ def uninstall() -> dict:
         from . import _exit
 
         _exit.restore_process_start()
+        _restore_import_environment()
         _state.installed, _state.how = False, None
         _state.generation += 1
         return status()
@@ -245,6 +284,7 @@ def status() -> dict:
         "family_releases": None,
         "patched": sorted({f"{_owner_name(r.owner)}.{r.attr}" for r in _state.replacements}),
         "missing": list(_state.missing),
+        "import_environment": [dict(r) for r in _state.environment],
         "python": sys.version.split()[0],
         "pid": os.getpid(),
     }

@@ -152,6 +152,40 @@ def families(path: str | None = None) -> list[Family]:
     return result
 
 
+@dataclass(frozen=True)
+class EnvironmentWrite:
+    """One variable ``import vllm`` writes into its process's environment (``import_environment`` in the matrix)."""
+
+    variable: str
+    value: str
+    only_if_unset: bool = False  # the release keeps a value the user set
+    unless_exists: str | None = None  # the release writes nothing where this path exists
+
+
+def import_environment(version: str, path: str | None = None) -> list[EnvironmentWrite]:
+    """What ``import vllm`` of this release writes into the environment (none for a release no entry covers, nor
+    for a version that does not parse: only a forced family gets that far, and nothing is known of its import)."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        release = release_key(version)
+    except ShimError:
+        return []
+    writes = []
+    for index, entry in enumerate(load_matrix(path).get("import_environment") or ()):
+        try:
+            covered = SpecifierSet(entry["releases"]).contains(release, prereleases=False)
+            unless = entry.get("unless_exists")
+            for key, only_if_unset in (("set", False), ("set_if_unset", True)):
+                for variable, value in (entry.get(key) or {}).items():
+                    if covered:
+                        writes.append(EnvironmentWrite(str(variable), str(value), only_if_unset,
+                                                       str(unless) if unless else None))
+        except (TypeError, KeyError, AttributeError, InvalidSpecifier) as exc:
+            raise ShimError(f"compat_matrix.yaml: import_environment entry {index} is malformed ({exc!r})") from exc
+    return writes
+
+
 def vllm_distribution() -> tuple[str, str] | None:
     """(distribution name, version) of the installed vLLM, or None. Does not import vLLM."""
     for dist in VLLM_DISTRIBUTIONS:

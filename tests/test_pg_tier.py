@@ -96,6 +96,8 @@ def test_pg_tier_with_shim(tmp_path, scenario):
     groups = [group.split("*") for group in engines.split("/")]
     engine_tp = {int(r): len(members.split(",")) * (int(forked[0]) if forked else 1)
                  for members, *forked in groups for r in members.split(",")}
+    cumem = {rank: data["nccl_cumem_enable"] for rank, data in ranks.items()}
+    assert len(set(cumem.values())) == 1, f"NCCL_CUMEM_ENABLE differs between host ranks: {cumem}"
     for rank, data in ranks.items():
         assert data["host_world_ok"] and data["host_subgroup_ok"], data
         assert data["private_worlds_after"] == 0 and data["router_after"] is False, data

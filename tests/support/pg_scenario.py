@@ -204,6 +204,8 @@ def rank_main(rank: int, args) -> None:
                 raise
             _write(out, rank, stage="vllm_done", **result)
     result = host_checks(rank, args.world)
+    # what `import vllm` wrote (0.7.0-0.10.1) must be on ranks that never imported vLLM too
+    result["nccl_cumem_enable"] = os.environ.get("NCCL_CUMEM_ENABLE")
     if args.activation == "install":
         import vllm_pg_shim
 
