@@ -56,7 +56,31 @@ def run_vllm_finalizers() -> int:
             finalizer()
         except Exception:  # one engine's failed shutdown must not keep the child alive
             pass
+    if pending:
+        join_vllm_threads(VLLM_THREADS_JOIN_S)
     return len(pending)
+
+
+# vLLM's client signals its output thread to close its ZMQ socket and returns at once. If the child's interpreter
+# finalises first, that (daemonic) thread is frozen with its socket open, and the garbage collection of the ZMQ
+# context (whose term() waits for every socket) blocks forever: seen with vLLM 0.32 under load, main thread
+# "Garbage-collecting", a ZMQbg/IO thread alive. Those threads close within milliseconds once signalled.
+VLLM_THREADS_JOIN_S = 5.0
+
+
+def join_vllm_threads(timeout: float) -> list[str]:
+    """Wait up to ``timeout`` seconds in all for the threads vLLM started here to end; returns those still alive."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is current or not _is_vllm_callback(getattr(thread, "_target", None)):
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in threading.enumerate()
+            if t is not current and t.is_alive() and _is_vllm_callback(getattr(t, "_target", None))]
 
 
 def explain_daemonic_children() -> None:
