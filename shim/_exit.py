@@ -75,12 +75,11 @@ def join_vllm_threads(timeout: float) -> list[str]:
 
     deadline = time.monotonic() + timeout
     current = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is current or not _is_vllm_callback(getattr(thread, "_target", None)):
-            continue
+    vllms = [t for t in threading.enumerate()
+             if t is not current and _is_vllm_callback(getattr(t, "_target", None))]
+    for thread in vllms:
         thread.join(max(0.0, deadline - time.monotonic()))
-    return [t.name for t in threading.enumerate()
-            if t is not current and t.is_alive() and _is_vllm_callback(getattr(t, "_target", None))]
+    return [t.name for t in vllms if t.is_alive()]
 
 
 def explain_daemonic_children() -> None:
