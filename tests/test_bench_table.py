@@ -10,13 +10,14 @@ import pytest
 from support.bench import DEFAULT_OUT, README_BLOCK, ROOT, readme_block, table
 
 
-def test_bench_table_matches_results():
-    results = DEFAULT_OUT / "results.json"
+@pytest.mark.parametrize("out", [DEFAULT_OUT, DEFAULT_OUT / "gpu"], ids=["cpu", "gpu"])
+def test_bench_table_matches_results(out):
+    results = out / "results.json"
     if not results.exists():
         pytest.skip("no benchmark results yet (nox -s bench writes them)")
-    assert (DEFAULT_OUT / "README.md").read_text() == table(json.loads(results.read_text())), (
-        "docs/benchmarks/README.md differs from results.json: run `python tests/support/bench.py --render`")
+    assert (out / "README.md").read_text() == table(json.loads(results.read_text())), (
+        f"{out / 'README.md'} differs from results.json: run `python tests/support/bench.py --render --out {out}`")
     readme = (ROOT / "README.md").read_text()
-    if README_BLOCK[0] in readme:
+    if out == DEFAULT_OUT and README_BLOCK[0] in readme:
         assert readme_block(json.loads(results.read_text())) in readme, (
             "the README's benchmark table differs from results.json: run `python tests/support/bench.py --render`")

@@ -34,15 +34,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support.harness import ROOT, run_bounded, scenario_env  # noqa: E402
 
 WORKER = Path(__file__).with_name("bench_worker.py")
+# The private-world and timeout cases time vLLM's distributed set-up on gloo, several ranks per host. On a GPU
+# host vLLM would put rank r on cuda:r and build NCCL communicators (a world of 2 on one GPU fails: "invalid
+# device ordinal"), so those cases see no GPU; the engine cases use the machine as it is.
+GLOO_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
 
 
 def run_worker(work: Path, name: str, case: str, *args: str, activation: str = "stock", python_flags=(),
-               timeout: float = 300) -> dict:
+               timeout: float = 300, extra_env: dict | None = None) -> dict:
     """One bench_worker case in a fresh process (its own session, killed whole at the timeout)."""
     out, log = work / f"{name}.json", work / f"{name}.log"
     cmd = [sys.executable, *python_flags, str(WORKER), case, "--out", str(out), *args]
-    env = scenario_env(activation, in_process=True)
+    env = scenario_env(activation, in_process=True, extra=extra_env)
     returncode, timed_out, elapsed, _ = run_bounded(cmd, timeout=timeout, env=env, cwd=ROOT, log_path=log)
     if returncode != 0 or timed_out or not out.exists():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
@@ -133,6 +137,11 @@ def bench_engine(work: Path, model: str, repeats: int) -> tuple[list[dict], dict
         item("seed_throughput", "seed case: generation throughput in the private world / stock clean process",
              "ratio", ratios(seed, stock, "tokens_per_s"), None,
              seed_tokens_per_s=summary([r["tokens_per_s"] for r in seed])),
+        item("throughput_shim_calls", "calls into the shim's code during one generation round of the batch, clean "
+             "process (counted by a profile hook: 0 means generation never enters the shim)", "calls",
+             [r["shim_calls_per_round"] for r in shim], ("<=", 0)),
+        item("seed_throughput_shim_calls", "the same in the seed case (private world)", "calls",
+             [r["shim_calls_per_round"] for r in seed], None),
     ]
     checks = {"seed_private_worlds": [r["private_worlds"] for r in seed],
               "seed_host_collectives_ok": all(r["host_collectives_ok"] for r in seed),
@@ -144,7 +153,7 @@ def bench_worlds(work: Path, repeats: int) -> tuple[list[dict], dict]:
     items, raw = [], {}
     for size in (1, 2, 4):
         data = run_worker(work, f"world{size}", "world", "--size", str(size), "--cycles", str(repeats),
-                          timeout=300)
+                          timeout=300, extra_env=GLOO_ONLY)
         raw[size] = data
         cycles = data["cycles"]
         added = [1000 * (c["shim"]["setup_s"] - c["alone"]["setup_s"]) for c in cycles]
@@ -218,7 +227,7 @@ def pth_line_cost() -> float | None:
 def bench_timeout(work: Path, repeats: int) -> tuple[list[dict], dict]:
     bounds = [0.5] + [2.0, 5.0] * repeats  # the first attempt warms vLLM's lazy code up and is not reported
     data = run_worker(work, "timeout", "timeout", "--timeouts", ",".join(map(str, bounds)),
-                      timeout=60 + sum(bounds) * 2)
+                      timeout=60 + sum(bounds) * 2, extra_env=GLOO_ONLY)
     attempts = data["attempts"][1:]
     items = []
     for bound in (2.0, 5.0):
@@ -279,7 +288,9 @@ def source_commit() -> str | None:
 
 
 def fmt(value: float, unit: str) -> str:
-    return f"{value:.3f}" if unit == "ratio" else f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
+    if unit == "ratio":
+        return f"{value:.3f}"
+    return f"{value:.0f}" if unit == "calls" or abs(value) >= 1000 else f"{value:.1f}"
 
 
 def render(results: dict, out: Path) -> None:
@@ -292,9 +303,10 @@ def render(results: dict, out: Path) -> None:
 def machine_line(results: dict) -> str:
     m = results["machine"]
     gpus = f", {len(m['gpus'])}x {m['gpus'][0]} (the engine runs there)" if m.get("gpus") else ""
+    end = m.get("load_average_end")
     return (f"**Machine:** {m['cpu']}, {m['cores']} cores{gpus}; {m['note']} Load average at the start "
-            f"{', '.join(f'{x:.1f}' for x in m['load_average_start'])}, at the end "
-            f"{', '.join(f'{x:.1f}' for x in m.get('load_average_end', []))}. "
+            f"{', '.join(f'{x:.1f}' for x in m['load_average_start'])}"
+            f"{', at the end ' + ', '.join(f'{x:.1f}' for x in end) if end else ''}. "
             f"Python {m['python']}, {m['vllm']}, torch {m['torch']}, vllm-pg-shim {m['shim']}. "
             f"Run {results['date']} on commit {results.get('commit') or 'unknown'}, {results['repeats']} repeats, "
             f"{results['minutes']:.0f} minutes.")
@@ -329,7 +341,9 @@ def table(results: dict) -> str:
     """docs/benchmarks/README.md, from results.json alone (tests/test_bench_table.py keeps them equal)."""
     lines = ["# Benchmarks", "",
              "Generated by `nox -s bench` (tests/support/bench.py) from `results.json`; do not edit by hand.", "",
-             machine_line(results), "", *rows(results), "", "![ratios](ratios.png)", "", METHOD, "",
+             machine_line(results), "",
+             *([f"**Partial run:** {results['partial']}", ""] if results.get("partial") else []),
+             *rows(results), "", "![ratios](ratios.png)", "", METHOD, "",
              "Details (medians, from `results.json`):", ""]
     lines += [f"- {line}" for line in details(results)]
     return "\n".join(lines) + "\n"
@@ -405,10 +419,11 @@ def plot(results: dict, path: Path) -> None:
 
     ratios = [e for e in results["items"] if e["unit"] == "ratio"]
     times = [e for e in results["items"] if e["unit"] == "ms" and e["goal"]]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [len(ratios) or 1,
-                                                                                   len(times) or 1]})
-    for ax, entries, title in ((axes[0], ratios, "shim / stock (ratio)"),
-                               (axes[1], times, "time with a goal (ms)")):
+    panels = [(entries, title) for entries, title in ((ratios, "shim / stock (ratio)"),
+                                                       (times, "time with a goal (ms)")) if entries]
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 4.8), squeeze=False,
+                             gridspec_kw={"width_ratios": [len(entries) for entries, _ in panels]})
+    for ax, (entries, title) in zip(axes[0], panels):
         for x, e in enumerate(entries):
             ax.scatter([x] * e["n"], e["values"], color="0.7", s=14, zorder=2)
             ax.errorbar([x], [e["median"]], yerr=[[e["median"] - e["min"]], [e["max"] - e["median"]]], fmt="o",
@@ -419,9 +434,10 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xticklabels([e["key"] for e in entries], rotation=20, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    if ratios:
-        axes[0].axhline(1.0, color="0.4", linewidth=0.8)
-    axes[1].set_yscale("symlog", linthresh=1.0)  # a few ms beside differences of a noisy hundred
+        if entries is ratios:
+            ax.axhline(1.0, color="0.4", linewidth=0.8)
+        else:
+            ax.set_yscale("symlog", linthresh=1.0)  # a few ms beside differences of a noisy hundred
     m = results["machine"]
     where = f"{len(m['gpus'])}x {m['gpus'][0]}" if m.get("gpus") else f"{m['cores']} CPU cores"
     fig.suptitle(f"vllm-pg-shim overhead: median (dot), min-max (bar), repeats (grey), goal (dashed); "
@@ -466,12 +482,12 @@ def main(argv=None) -> int:
         if name in only:
             log(f"{name} ...")
             items, raw = step()
+            for entry in items:
+                entry["section"] = next(v for k, v in SECTIONS.items() if entry["key"].startswith(k))
             results["items"] += items
             results["raw"][name] = raw
             # what is measured so far, kept should a later step fail or the machine be taken away
             (args.out / "results.partial.json").write_text(json.dumps(results, indent=1) + "\n")
-    for entry in results["items"]:
-        entry["section"] = next(v for k, v in SECTIONS.items() if entry["key"].startswith(k))
     results["items"].sort(key=lambda e: e["section"])
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["minutes"] = (time.monotonic() - started) / 60

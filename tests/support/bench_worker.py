@@ -80,10 +80,33 @@ def _engine_timings(model: str, clock: _Clock | None = None) -> dict:
         tokens = sum(map(len, generate(llm, BATCH_PROMPTS, BATCH_MAX_TOKENS)))
         rounds.append(tokens / (time.perf_counter() - start))
         cpu_rounds.append(tokens / (time.process_time() - cpu))
-    return {"llm": llm, "import_vllm_s": t1 - t0, "build_s": t2 - t1, "build_cpu_s": c2 - c1,
+    return {"llm": llm, "shim_calls_per_round": _shim_calls_in(lambda: generate(llm, BATCH_PROMPTS, BATCH_MAX_TOKENS)), "import_vllm_s": t1 - t0, "build_s": t2 - t1, "build_cpu_s": c2 - c1,
             "build_shim_own_s": shim_own,
             "tokens_per_s_rounds": rounds, "tokens_per_s": max(rounds), "tokens_per_cpu_s": max(cpu_rounds),
             "tokens_per_round": len(BATCH_PROMPTS) * BATCH_MAX_TOKENS}
+
+
+def _shim_calls_in(fn) -> int | None:
+    """Calls into the shim's own code while ``fn`` runs (one more, untimed round), counted with a profile hook on
+    this thread, where the in-process engine steps; None where the shim is not imported. Zero means generation
+    never enters the shim: whatever the throughput ratios show beside 1.0 is the machine's noise."""
+    shim = sys.modules.get("vllm_pg_shim")
+    if shim is None:
+        return None
+    package = str(Path(shim.__file__).parent)
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        if event == "call" and frame.f_code.co_filename.startswith(package):
+            calls += 1
+
+    sys.setprofile(count)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
 
 
 def case_engine(args) -> None:
