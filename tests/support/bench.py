@@ -301,9 +301,14 @@ def render(results: dict, out: Path) -> None:
         rewrite_readme(results)
 
 
+def gpu_label(m: dict) -> str | None:
+    """The GPUs a run's engine used, as the table and the plot name them (None on a CPU host)."""
+    return f"{len(m['gpus'])}x {m['gpus'][0]}" if m.get("gpus") else None
+
+
 def machine_line(results: dict) -> str:
     m = results["machine"]
-    gpus = f", {len(m['gpus'])}x {m['gpus'][0]} (the engine runs there)" if m.get("gpus") else ""
+    gpus = f", {gpu_label(m)} (the engine runs there)" if gpu_label(m) else ""
     end = m.get("load_average_end")
     return (f"**Machine:** {m['cpu']}, {m['cores']} cores{gpus}; {m['note']} Load average at the start "
             f"{', '.join(f'{x:.1f}' for x in m['load_average_start'])}"
@@ -442,7 +447,7 @@ def plot(results: dict, path: Path) -> None:
         else:
             ax.set_yscale("symlog", linthresh=1.0)  # a few ms beside differences of a noisy hundred
     m = results["machine"]
-    where = f"{len(m['gpus'])}x {m['gpus'][0]}" if m.get("gpus") else f"{m['cores']} CPU cores"
+    where = gpu_label(m) or f"{m['cores']} CPU cores"
     fig.suptitle(f"vllm-pg-shim overhead: median (dot), min-max (bar), repeats (grey), goal (dashed); "
                  f"{where}, {results['date']}", fontsize=10)
     fig.tight_layout()
@@ -482,18 +487,20 @@ def main(argv=None) -> int:
     steps = [("engine", lambda: bench_engine(work, model, repeats)), ("worlds", lambda: bench_worlds(work, repeats)),
              ("startup", lambda: bench_startup(work, repeats)), ("timeout", lambda: bench_timeout(work, repeats))]
     for name, step in steps:
-        if name in only and name in CPU_HOST_STEPS and results["machine"]["gpus"]:
+        if name not in only:
+            continue
+        if name in CPU_HOST_STEPS and results["machine"]["gpus"]:
             log(f"{name}: not on a CUDA host (see CPU_HOST_STEPS); a CPU run measures it")
             results.setdefault("skipped", []).append(name)
-        elif name in only:
-            log(f"{name} ...")
-            items, raw = step()
-            for entry in items:
-                entry["section"] = next(v for k, v in SECTIONS.items() if entry["key"].startswith(k))
-            results["items"] += items
-            results["raw"][name] = raw
-            # what is measured so far, kept should a later step fail or the machine be taken away
-            (args.out / "results.partial.json").write_text(json.dumps(results, indent=1) + "\n")
+            continue
+        log(f"{name} ...")
+        items, raw = step()
+        for entry in items:
+            entry["section"] = next(v for k, v in SECTIONS.items() if entry["key"].startswith(k))
+        results["items"] += items
+        results["raw"][name] = raw
+        # what is measured so far, kept should a later step fail or the machine be taken away
+        (args.out / "results.partial.json").write_text(json.dumps(results, indent=1) + "\n")
     results["items"].sort(key=lambda e: e["section"])
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["minutes"] = (time.monotonic() - started) / 60
