@@ -4,7 +4,8 @@
 - ``demo``: the seed scenario stock and with the shim, side by side.
 - ``e2e-<version>``: the end-to-end tier on one listed release, recording its result in compat_matrix.yaml.
 - ``pg-<version>`` (tag ``matrix``: ``nox -t matrix`` runs all): the process-group tier on one release, recording.
-- ``gpu``: the 2-GPU tier on this interpreter (a GPU host's own torch), recording; skips without two GPUs.
+- ``gpu``: a GPU tier on this interpreter (a GPU host's own torch), recording: ``-- --tier gpu-2x`` (default;
+  skips without two GPUs) or ``-- --tier gpu-1x`` (one GPU).
 - ``bench``: the shim's cost as ratios against stock vLLM in the same run, into docs/benchmarks (not in ``tests``).
 
 Virtual environments live outside the checkout (``$VLLM_PG_SHIM_CACHE/nox``, default ``~/.cache/vllm-pg-shim``)
@@ -182,11 +183,22 @@ for _version in PG["versions"]:
 
 @nox.session(venv_backend="none")
 def gpu(session: nox.Session) -> None:
-    """The 2-GPU tier (NCCL seed case, TP=2 engines) on the interpreter that runs nox: a GPU host's torch is
-    usually its own build, so no venv is made. ``-- --wheelhouse DIR`` installs every wheel in DIR (vLLM and
-    what it imports, brought over by hand to a host with no network) into a folder of its own on PYTHONPATH.
-    Without two CUDA devices the tests skip and nothing is recorded."""
+    """The GPU tiers on the interpreter that runs nox: a GPU host's torch is usually its own build, so no venv is
+    made. ``-- --tier gpu-2x`` (default: NCCL seed case, TP=2 engines; skips without two CUDA devices) or
+    ``-- --tier gpu-1x`` (seed case and framework shapes on one device, GPU 0 unless ``CUDA_VISIBLE_DEVICES`` says
+    otherwise; docs/gpu-1x.md). ``-- --wheelhouse DIR`` installs every wheel in DIR (vLLM and what it imports,
+    brought over by hand to a host with no network) into a folder of its own on PYTHONPATH. gpu-1x installs the
+    shim into the interpreter's own site-packages, as a user's ``pip install`` does, so that ``VLLM_PG_SHIM=1`` runs
+    through its ``.pth`` and vLLM's plugin entry point: use a throwaway interpreter (a GPU host lent for the run)."""
     args = list(session.posargs)
+    tier = "gpu-2x"
+    if "--tier" in args:
+        at = args.index("--tier")
+        tier = args[at + 1]
+        del args[at:at + 2]
+    tests = {"gpu-2x": "tests/test_gpu.py", "gpu-1x": "tests/test_gpu_1x.py"}
+    if tier not in tests:
+        session.error(f"--tier {tier}: expected one of {', '.join(tests)}")
     site = CACHE / "gpu-site"
     paths = [str(site)]
     if "--wheelhouse" in args:
@@ -199,9 +211,14 @@ def gpu(session: nox.Session) -> None:
         session.run(sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                     "--upgrade", "--target", str(site), *wheels)
     # the shim from this checkout, built with the interpreter's own setuptools (no index needed)
-    shim_site = CACHE / "gpu-shim"
-    session.run(sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation",
-                "--upgrade", "--target", str(shim_site), ".")
-    paths.insert(0, str(shim_site))
-    env = {"PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    session.run(sys.executable, "-m", "pytest", "tests/test_gpu.py", "--record-matrix", *args, env=env)
+    build = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation"]
+    env = {}
+    if tier == "gpu-1x":
+        session.run(*build, "--force-reinstall", ".")
+        env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "0")
+    else:
+        shim_site = CACHE / "gpu-shim"
+        session.run(*build, "--upgrade", "--target", str(shim_site), ".")
+        paths.insert(0, str(shim_site))
+    env["PYTHONPATH"] = os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    session.run(sys.executable, "-m", "pytest", tests[tier], "--record-matrix", *args, env=env)

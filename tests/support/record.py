@@ -25,6 +25,12 @@ TIERS = {  # test file -> (tier, stock tests and what their passing shows)
         "test_gpu_tp2_external_launcher_on_the_host_world[stock]": "TP=2 external_launcher on the host's WORLD works",
         "test_gpu_tp2_engine_built_on_rank0[stock]": "TP=2 engine from rank 0 (vLLM's workers) works",
     }),
+    "test_gpu_1x.py": ("gpu-1x", {
+        "test_gpu1x_seed_stock_in_process_engine": "{gpu1x_stock_in_process}",
+        "test_gpu1x_seed_stock_engine_process": "{gpu1x_stock_engine_process}",
+        "test_gpu1x_two_servers_stock": "{gpu1x_stock_two_servers}",
+        "test_gpu1x_trl_colocate[stock]": "{gpu1x_stock_colocate}",
+    }),
 }
 
 
