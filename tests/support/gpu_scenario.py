@@ -182,9 +182,10 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
 
     world = 1 if args.activation == "clean" else args.world
     if world > 1:
-        # torchrun's environment, as TRL's and Lamorel's launchers leave it: vLLM's external launcher reads it
-        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))
+        # torchrun's environment, as TRL's and Lamorel's launchers leave it (vLLM's external launcher reads it), for
+        # ranks that share one GPU: each is local rank 0 of a one-GPU node, so each engine takes cuda:0
+        os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(world), LOCAL_WORLD_SIZE="1",
+                          GROUP_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))
         dist.init_process_group("gloo", init_method="env://")
         _write(out, rank, stage="host_world_ready")
     Phases(args, rank, world).run()
