@@ -229,9 +229,13 @@ def test_gpu1x_two_servers(tmp_path, model, clean):
 
 
 def test_gpu1x_two_servers_stock(stock_runs, record_property):
+    """Observed, not expected to fail: with spawned engine processes no engine inherits the host's WORLD, so stock
+    vLLM builds both servers (seen on 1x H200, vLLM 0.20.0); what it did is recorded either way."""
     out = stock_runs["two-servers"]
-    assert out.timed_out or out.returncode != 0, out.describe()
-    record_property("gpu1x_stock_two_servers", f"two servers on ranks 1, 2 of 3: {stock_outcome(out, STOCK_BOUND)}")
+    outcome = stock_outcome(out, STOCK_BOUND)
+    if outcome == "works":
+        assert all(out.ranks[r]["tokens"] for r in (1, 2)), out.describe()
+    record_property("gpu1x_stock_two_servers", f"two servers on ranks 1, 2 of 3, engine processes spawned: {outcome}")
 
 
 @pytest.fixture(scope="session")
