@@ -298,7 +298,7 @@ def render(results: dict, out: Path) -> None:
     (out / "README.md").write_text(table(results))
     plot(results, out / "ratios.png")
     if out.resolve() == DEFAULT_OUT.resolve():
-        rewrite_readme(results)
+        rewrite_performance_page(results)
 
 
 def gpu_label(m: dict) -> str | None:
@@ -355,21 +355,22 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-README_BLOCK = ("<!-- bench-table:start -->", "<!-- bench-table:end -->")
+PERFORMANCE_PAGE = ROOT / "docs" / "performance.md"
+TABLE_MARKERS = ("<!-- bench-table:start -->", "<!-- bench-table:end -->")
 
 
-def readme_block(results: dict) -> str:
-    return "\n".join([README_BLOCK[0], machine_line(results), "", *rows(results), README_BLOCK[1]])
+def performance_block(results: dict) -> str:
+    return "\n".join([TABLE_MARKERS[0], machine_line(results), "", *rows(results), TABLE_MARKERS[1]])
 
 
-def rewrite_readme(results: dict, readme: Path = ROOT / "README.md") -> None:
-    """The project README's copy of the table, between its markers (left alone where it has none)."""
-    text = readme.read_text()
-    if README_BLOCK[0] not in text or README_BLOCK[1] not in text:
+def rewrite_performance_page(results: dict, page: Path = PERFORMANCE_PAGE) -> None:
+    """docs/performance.md's copy of the table, between its markers (left alone where it has none)."""
+    text = page.read_text()
+    if TABLE_MARKERS[0] not in text or TABLE_MARKERS[1] not in text:
         return
-    head, rest = text.split(README_BLOCK[0], 1)
-    tail = rest.split(README_BLOCK[1], 1)[1]
-    readme.write_text(head + readme_block(results) + tail)
+    head, rest = text.split(TABLE_MARKERS[0], 1)
+    tail = rest.split(TABLE_MARKERS[1], 1)[1]
+    page.write_text(head + performance_block(results) + tail)
 
 
 def details(results: dict) -> list[str]:
