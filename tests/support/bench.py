@@ -97,7 +97,6 @@ def bench_engine(work: Path, model: str, repeats: int) -> tuple[list[dict], dict
             runs[kind].append(data)
             log(f"repeat {i} {kind}: LLM() {data['build_s']:.2f} s, {data['tokens_per_s']:.0f} tokens/s")
     stock, shim, seed, layout = runs["stock"], runs["shim"], runs["seed"], runs["seed_layout"]
-    pairs = range(repeats)
     def ratios(a: list[dict], b: list[dict], key: str) -> list[float]:
         return [x[key] / y[key] for x, y in zip(a, b)]
 
@@ -481,7 +480,8 @@ def main(argv=None) -> int:
     started = time.monotonic()
     results = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "repeats": repeats, "machine": machine(args.note), "commit": source_commit(), "items": [], "raw": {},
-               "batch": "16 prompts of 16 tokens, 32 tokens generated for each; per process the best of 10-40 rounds (at least 10 s of them) after a warm-up",
+               "batch": "16 prompts of 16 tokens, 32 tokens generated for each; per process the best of 10-40 rounds "
+                        "(at least 10 s of them) after a warm-up",
                "engine": "vllm.LLM(tiny random Llama, skip_tokenizer_init, enforce_eager, in-process engine)"}
     work = Path(tempfile.mkdtemp(prefix="vllm-pg-shim-bench-"))
     log(f"{repeats} repeats; logs in {work}")
