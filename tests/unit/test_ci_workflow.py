@@ -34,6 +34,34 @@ def test_the_unit_layer_runs_on_every_python_the_classifiers_name_from_requires_
     assert lowest == f'requires-python = ">={pythons[0]}"'
 
 
+def noxfile_pythons() -> list[str]:
+    import ast
+
+    tree = ast.parse((ci_matrix.ROOT / "noxfile.py").read_text())
+    return next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                and any(getattr(t, "id", None) == "PYTHONS" for t in node.targets))
+
+
+def test_nox_runs_the_unit_layer_on_the_same_pythons():
+    assert noxfile_pythons() == ci_matrix.python_versions()
+
+
+def test_every_session_the_workflows_run_exists_in_the_noxfile():
+    import re
+    import shlex
+
+    noxfile = (ci_matrix.ROOT / "noxfile.py").read_text()
+    defined = set(re.findall(r"^def (\w+)\(session", noxfile, re.M)) | set(re.findall(r'name="([\w-]+)"', noxfile))
+    defined |= {name.split("-{")[0] for name in re.findall(r'name=f"([\w-]+-\{)', noxfile)}
+    for workflow in (ci_matrix.ROOT / ".github" / "workflows").glob("*.yml"):
+        commands = re.findall(r"^\s*(?:- )?run: .*?\bnox (?:--\S+ )*-s (.*)$", workflow.read_text(), re.M)
+        assert commands or workflow.name != "ci.yml"
+        for session in (name for command in commands for name in shlex.split(command)):
+            # pg-check-${{ matrix.release }}, pg-$VERSION, unit-3.9: the session's stem
+            stem = re.sub(r"-(\$\{\{ [^}]* \}\}|\$\w+|[0-9][\w.]*)$", "", session)
+            assert stem in defined or session in defined, (workflow.name, session)
+
+
 MATRIX = """\
 tiers:
   e2e-cpu:
