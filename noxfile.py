@@ -222,7 +222,7 @@ def bench(session: nox.Session) -> None:
         session.run(sys.executable, "-m", "virtualenv", "-q", str(venv))  # virtualenv comes with nox
     install_e2e_env(session, E2E["default"], python)
     session.run(python, "-m", "pip", "install", "-q", "matplotlib")  # the plot only; never in a measured process
-    session.run(python, "tests/support/bench.py", *session.posargs)
+    session.run(python, "tools/bench.py", *session.posargs)
 
 
 for _version in E2E["versions"]:
