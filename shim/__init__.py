@@ -12,11 +12,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["install", "uninstall", "status", "ShimError", "__version__"]
+from .exceptions import PrivateWorldTimeout, ShimError, UnsupportedTorch
 
-
-class ShimError(RuntimeError):
-    """Raised when the shim refuses to act; the message says why and what to do."""
+__all__ = ["install", "uninstall", "status", "ShimError", "PrivateWorldTimeout", "UnsupportedTorch", "__version__"]
 
 
 def install(*, family: str | None = None) -> dict:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from . import ShimError, __version__, _env
+from . import __version__, _env
+from .exceptions import ShimError
 from .families import Decision, Family, Target, decide, vllm_distribution
 
 log = logging.getLogger("vllm_pg_shim")

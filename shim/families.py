@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from . import ShimError
+from .exceptions import ShimError
 
 # Installed, the matrix is package data; in a source checkout it is the top-level file.
 MATRIX_PATH = next(

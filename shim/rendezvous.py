@@ -30,19 +30,12 @@ from urllib.parse import urlparse
 
 import torch.distributed.distributed_c10d as c10d
 
-from . import ShimError
 from ._env import TIMEOUT_VAR, _warn_once, rendezvous_timeout
+from .exceptions import PrivateWorldTimeout, ShimError
+
+__all__ = ["PrivateWorldTimeout", "routed_init_process_group"]  # PrivateWorldTimeout: its documented old home
 
 ARRIVED_KEY = "vllm_pg_shim/arrived/{rank}"
-
-
-class PrivateWorldTimeout(ShimError, TimeoutError):
-    """A private world's members did not all arrive within ``VLLM_PG_SHIM_TIMEOUT``."""
-
-    def __init__(self, message: str, *, arrived: list[int], missing: list[int]) -> None:
-        super().__init__(message)
-        self.arrived = arrived
-        self.missing = missing
 
 
 def _wait_for_members(store, rank: int, world_size: int, seconds: float, where: str) -> None:
