@@ -10,6 +10,7 @@ def doctor(as_json: bool = False) -> int:
     from . import _env
     from ._lifecycle import status
 
+    _load_torch_distributed()
     info = status()
     activation = info["activation"] or (
         "VLLM_PG_SHIM=1 (at interpreter start)" if _env.activation_requested() else "off"
@@ -22,7 +23,8 @@ def doctor(as_json: bool = False) -> int:
     lines = [
         f"vllm-pg-shim   {info['shim_version']}",
         f"vLLM           {_vllm_line(vllm)}",
-        f"torch          {info['torch'] or 'not installed'}",
+        f"torch          {info['torch'] or 'not installed'}" + _tested(info["torch_guard"]),
+        f"torch guard    {_guard_line(info['torch_guard'])}" if info["torch"] else "torch guard    -",
         f"python         {info['python']}",
         f"family         {info['family'] or '-'}" + (f"  ({info['family_releases']})" if info["family"] else ""),
         f"decided by     {_decision(info)}",
@@ -35,6 +37,35 @@ def doctor(as_json: bool = False) -> int:
     ]
     print("\n".join(lines))
     return 0
+
+
+def _load_torch_distributed() -> None:
+    """The torch guard checks a loaded torch: doctor loads it (install() never does, to keep start-up cheap)."""
+    import importlib
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("torch") is not None:
+            importlib.import_module("torch.distributed.distributed_c10d")
+    except Exception:  # a torch without distributed support: status() says so
+        pass
+
+
+def _tested(guard: dict) -> str:
+    if guard["torch"] is None:
+        return ""
+    tested = guard["tested_versions"]
+    return ("  (a tested release)" if guard["tested"] else
+            f"  (not a tested release; tested: {tested[0]} to {tested[-1]})")
+
+
+def _guard_line(guard: dict) -> str:
+    if not guard["checked"]:
+        return "not checked (torch.distributed could not be imported)"
+    if not guard["differences"]:
+        return "ok: the private torch names the shim relies on are as expected"
+    verdict = "FORCED (VLLM_PG_SHIM_FORCE_TORCH=1) despite" if guard["forced"] else "REFUSED:"
+    return f"{verdict} " + "; ".join(guard["differences"])
 
 
 def _vllm_line(vllm: dict | None) -> str:

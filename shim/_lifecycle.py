@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from . import __version__, _env
-from .exceptions import ShimError
+from .exceptions import ShimError, UnsupportedTorch
 from .families import Decision, Family, Target, decide, vllm_distribution
 
 log = logging.getLogger("vllm_pg_shim")
@@ -42,8 +42,8 @@ class _State:
     replacements: list[_Replacement] = field(default_factory=list)
     environment: list[dict] = field(default_factory=list)  # variables install() wrote: name, before, after
     missing: list[str] = field(default_factory=list)
-    hooked_modules: set[str] = field(default_factory=set)
-    last_error: str | None = None
+    guard: Any = None  # torch_guard.GuardResult once torch.distributed was checked
+    refusal: str | None = None  # why the shim stood down after install() (a torch imported later differed)
 
 
 _lock = threading.RLock()
@@ -158,6 +158,9 @@ def install(*, family: str | None = None, how: str = "install()") -> dict:
         if dist is None:
             raise ShimError("vllm-pg-shim: vLLM is not installed in this environment; nothing to patch")
         _check_torch_distributed()
+        c10d = sys.modules.get(_C10D)
+        if c10d is not None:
+            _guard_torch(c10d)  # refuses before anything is touched
         decision = decide(dist[1], dist[0], forced=family or _env.forced_family())
         chosen = decision.family
         chosen.patch_module()  # fail here, not in an import hook, if the family module is broken
@@ -171,7 +174,9 @@ def install(*, family: str | None = None, how: str = "install()") -> dict:
         _state.decision = decision
         _state.generation += 1
         _state.missing.clear()
-        _state.last_error = None
+        _state.refusal = None
+        if c10d is None:  # checked right after torch.distributed is imported, before vLLM can use it
+            wrapt.register_post_import_hook(functools.partial(_guard_on_import, generation=_state.generation), _C10D)
         for module_name in dict.fromkeys(t.module for t in chosen.targets):
             # wrapt runs the hook now if the module is already imported, else right after its import.
             wrapt.register_post_import_hook(functools.partial(_on_import, generation=_state.generation), module_name)
@@ -182,6 +187,39 @@ def install(*, family: str | None = None, how: str = "install()") -> dict:
         _exit.watch_multiprocessing_child_exit()
         log.info("vllm-pg-shim %s installed (%s) for %s %s, family %s", __version__, how, *dist, chosen.name)
         return status()
+
+
+_C10D = "torch.distributed.distributed_c10d"
+
+
+def _guard_torch(c10d: ModuleType):
+    """The torch guard's verdict on ``c10d``; raises UnsupportedTorch unless VLLM_PG_SHIM_FORCE_TORCH=1."""
+    from . import torch_guard
+
+    result = _state.guard = torch_guard.check(c10d, _torch_version(), forced=_env.torch_forced())
+    if result.differences:
+        if not result.forced:
+            raise UnsupportedTorch(torch_guard.refusal(result), differences=result.differences)
+        _env._warn_once(f"force-torch:{result.torch}",
+                        f"vllm-pg-shim: {_env.FORCE_TORCH_VAR}=1: applied to torch {result.torch} although "
+                        + "; ".join(result.differences), stacklevel=4)
+    return result
+
+
+def _guard_on_import(c10d: ModuleType, generation: int) -> None:
+    """torch.distributed was imported after install(): an import hook may not raise, so a torch that differs
+    makes the shim stand down (every original back) and say why, as install() would have refused it."""
+    with _lock:
+        if not _state.installed or generation != _state.generation:
+            return
+        try:
+            _guard_torch(c10d)
+        except UnsupportedTorch as exc:
+            _restore_everything()
+            _state.refusal = str(exc)
+            import warnings
+
+            warnings.warn(f"{exc} The shim stood down; vLLM runs as stock.", RuntimeWarning, stacklevel=2)
 
 
 def _write_import_environment(version: str) -> None:
@@ -245,25 +283,31 @@ def uninstall() -> dict:
                     f"{live.id} ({live.label}); delete it (or call vLLM's cleanup_dist_env_and_memory()) "
                     "before uninstall(). Nothing was changed."
                 )
-        for rep in reversed(_state.replacements):
-            current = vars(rep.owner).get(rep.attr)
-            if current is rep.wrapper:
-                setattr(rep.owner, rep.attr, rep.original)
-        # copies taken from a patched module after install (later imports) hold the wrapper too
-        for name, mod in list(sys.modules.items()):
-            if mod is None or not (name == "vllm" or name.startswith("vllm.")):
-                continue
-            for attr, value in list(vars(mod).items()):
-                if is_shim_wrapper(value):
-                    setattr(mod, attr, value.__wrapped__)
-        _state.replacements.clear()
-        from . import _exit
-
-        _exit.restore_process_start()
-        _restore_import_environment()
-        _state.installed, _state.how = False, None
-        _state.generation += 1
+        _restore_everything()
+        _state.guard = None
         return status()
+
+
+def _restore_everything() -> None:
+    """Put back every original the shim replaced (the caller holds the lock)."""
+    for rep in reversed(_state.replacements):
+        current = vars(rep.owner).get(rep.attr)
+        if current is rep.wrapper:
+            setattr(rep.owner, rep.attr, rep.original)
+    # copies taken from a patched module after install (later imports) hold the wrapper too
+    for name, mod in list(sys.modules.items()):
+        if mod is None or not (name == "vllm" or name.startswith("vllm.")):
+            continue
+        for attr, value in list(vars(mod).items()):
+            if is_shim_wrapper(value):
+                setattr(mod, attr, value.__wrapped__)
+    _state.replacements.clear()
+    from . import _exit
+
+    _exit.restore_process_start()
+    _restore_import_environment()
+    _state.installed, _state.how = False, None
+    _state.generation += 1
 
 
 def installed() -> bool:
@@ -278,9 +322,10 @@ def status() -> dict:
         "shim_version": __version__,
         "installed": _state.installed,
         "activation": _state.how,
-        "env": {var: os.environ.get(var) for var in (env.ACTIVATION_VAR, env.TIMEOUT_VAR, env.FORCE_VAR)},
+        "env": {var: os.environ.get(var) for var in env.ALL_VARS},
         "vllm": {"distribution": dist[0], "version": dist[1]} if dist else None,
         "torch": _torch_version(),
+        "torch_guard": (guard := _torch_guard_result()).as_dict(),
         "family": None,
         "family_releases": None,
         "patched": sorted({f"{_owner_name(r.owner)}.{r.attr}" for r in _state.replacements}),
@@ -304,16 +349,30 @@ def status() -> dict:
         result["world"] = world.describe()
     else:
         result["world"] = {"host_world": "none", "router_installed": False, "private_worlds": []}
-    result.setdefault(
-        "reason",
-        _reason(result),
-    )
+    result.setdefault("reason", _reason(result, guard))
     return result
 
 
-def _reason(result: dict) -> str:
+def _torch_guard_result():
+    from . import torch_guard
+
+    if _state.guard is not None:
+        return _state.guard
+    c10d = sys.modules.get(_C10D)
+    if c10d is None:
+        return torch_guard.unchecked(_torch_version(), forced=_env.torch_forced())
+    return torch_guard.check(c10d, _torch_version(), forced=_env.torch_forced())
+
+
+def _reason(result: dict, guard) -> str:
     if result["vllm"] is None:
         return "vLLM is not installed here"
+    if not result["installed"] and _state.refusal:
+        return _state.refusal
+    if not result["installed"] and guard.differences and not guard.forced:
+        from . import torch_guard
+
+        return torch_guard.refusal(guard)
     if not result["installed"]:
         return "not installed: call vllm_pg_shim.install() or set VLLM_PG_SHIM=1"
     host = result["world"]["host_world"]

@@ -1,7 +1,7 @@
 """Private worlds: vLLM's torch.distributed state kept beside the host's, in the same process.
 
 torch keeps "the world" (default group, group maps, the name counter) in one object,
-``distributed_c10d._world``, which torch documents as its extension point. When vLLM initialises in a process
+``distributed_c10d._world``, a private torch API (see vllm_pg_shim.torch_guard). When vLLM initialises in a process
 whose WORLD someone else made, the shim gives vLLM a :class:`PrivateWorld` (a ``_World`` with storage of its
 own) and turns torch's one ``_world`` object into a :class:`RoutingWorld` by changing its class in place, so
 every reference to it, including copies other modules hold, sees the routing:
@@ -37,6 +37,8 @@ from typing import Any, Iterator
 
 import torch.distributed.distributed_c10d as c10d
 
+from .torch_guard import per_process_storage, world_properties
+
 NAME_PREFIX = "vllm_pg_shim."
 
 _current_private: contextvars.ContextVar[PrivateWorld | None] = contextvars.ContextVar(
@@ -49,35 +51,8 @@ _router_saved: dict[str, Any] | None = None
 _vllm_owned_default: tuple[int, Any] | None = None
 
 
-def _world_properties() -> dict[str, property]:
-    props: dict[str, property] = {}
-    for klass in reversed(c10d._World.__mro__):
-        props.update({k: v for k, v in vars(klass).items() if isinstance(v, property)})
-    return props
-
-
-def _storage_properties() -> dict[str, type]:
-    """The ``_World`` properties whose storage is a module global of c10d (one per process, not per world).
-
-    Found by identity rather than listed, so a torch release that adds such a map gets private storage too.
-    """
-    module_containers = {id(v) for v in list(vars(c10d).values()) if type(v) in (dict, list)}
-    probe = c10d._World()
-    found = {}
-    for name, prop in _world_properties().items():
-        if name in ("default_pg", "group_count"):
-            continue
-        try:
-            value = prop.fget(probe)
-        except Exception:  # computed properties that need an initialised group
-            continue
-        if id(value) in module_containers:
-            found[name] = type(value)
-    return found
-
-
-_BASE_PROPERTIES = _world_properties()
-_STORAGE = _storage_properties()
+_BASE_PROPERTIES = world_properties(c10d)
+_STORAGE = per_process_storage(c10d)
 
 
 class PrivateWorld(c10d._World):

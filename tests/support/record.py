@@ -28,6 +28,11 @@ TIERS = {  # test file -> (tier, stock tests and what their passing shows)
 }
 
 
+def load_records(matrix: Path = Path(__file__).resolve().parents[2] / "compat_matrix.yaml") -> list[dict]:
+    """Every recorded run."""
+    return (yaml.safe_load(matrix.read_text()) or {}).get("results") or []
+
+
 def _machine(tier: str) -> str:
     python = f"Python {platform.python_version()}"
     if tier.startswith("gpu"):
