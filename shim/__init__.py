@@ -14,10 +14,23 @@ __version__ = "0.1.0"
 
 from .exceptions import PrivateWorldTimeout, ShimError, UnsupportedTorch
 
-__all__ = ["install", "uninstall", "status", "ShimError", "PrivateWorldTimeout", "UnsupportedTorch", "__version__"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at interpreter start
+if TYPE_CHECKING:
+    from ._status import Status
+
+__all__ = ["install", "uninstall", "status", "Status", "ShimError", "PrivateWorldTimeout", "UnsupportedTorch",
+           "__version__"]
 
 
-def install(*, family: str | None = None) -> dict:
+def __getattr__(name: str):
+    if name == "Status":  # the type of status()'s result, imported on first use (this package stays cheap)
+        from ._status import Status
+
+        return Status
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def install(*, family: str | None = None) -> "Status":
     """Activate the shim in this process (idempotent). Works before or after ``import vllm``.
 
     ``family`` forces a patch family by name (as ``VLLM_PG_SHIM_FORCE`` does). Returns ``status()``.
@@ -27,15 +40,16 @@ def install(*, family: str | None = None) -> dict:
     return _install(family=family, how="install()")
 
 
-def uninstall() -> dict:
-    """Restore every original vLLM and torch name the shim replaced. Returns ``status()``."""
+def uninstall() -> "Status":
+    """Restore every original the shim replaced (where its replacement is still in place). Returns ``status()``."""
     from ._lifecycle import uninstall as _uninstall
 
     return _uninstall()
 
 
-def status() -> dict:
-    """What is active and why: versions, the family chosen, activation, and this process's WORLD."""
+def status() -> "Status":
+    """What is active and why: versions, the family chosen, the torch guard's verdict, activation, every name the
+    shim replaced, and this process's WORLD. A :class:`Status` (typed fields; also a JSON-ready dict)."""
     from ._lifecycle import status as _status
 
     return _status()

@@ -33,6 +33,8 @@ def doctor(as_json: bool = False) -> int:
         f"WORLD here     {world['host_world']}" + ("  (foreign: vLLM would get a private world)"
                                                    if world["host_world"] == "foreign" else ""),
         f"private worlds {len(world['private_worlds'])}",
+        f"replaced       {len(info['replacements'])} name(s)" + ("" if info["replacements"] else "  (nothing)"),
+        *(f"  {r['by']:<16} {r['name']}" for r in info["replacements"]),
         f"status         {info['reason']}",
     ]
     print("\n".join(lines))

@@ -3,7 +3,8 @@
 The family (from compat_matrix.yaml) names targets; each is wrapped the moment its module is imported (a wrapt
 post-import hook, so later ``from … import`` copies take the wrapper) or at once when it is already loaded, in
 which case copies already bound in loaded ``vllm.*`` modules are rebound as well. Every replacement is
-recorded with its original, and ``uninstall`` puts back exactly those originals.
+recorded with its original in the shim's one registry (``_originals``), and ``uninstall`` puts back exactly
+those originals, where the shim's wrapper is still in place.
 """
 from __future__ import annotations
 
@@ -16,19 +17,14 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from . import __version__, _env
+from . import __version__, _env, _originals
+from ._status import Status
 from .exceptions import ShimError, UnsupportedTorch
 from .families import Decision, Family, Target, decide, vllm_distribution
 
 log = logging.getLogger("vllm_pg_shim")
 
-
-@dataclass
-class _Replacement:
-    owner: Any  # a module or a class
-    attr: str
-    original: Any
-    wrapper: Any
+_C10D = "torch.distributed.distributed_c10d"  # loaded: torch.distributed is in use and the guard can check it
 
 
 @dataclass
@@ -38,8 +34,7 @@ class _State:
     family: Family | None = None
     decision: Decision | None = None
     distribution: tuple[str, str] | None = None
-    generation: int = 0
-    replacements: list[_Replacement] = field(default_factory=list)
+    generation: int = 0  # import hooks of an earlier install() see a newer generation and do nothing
     environment: list[dict] = field(default_factory=list)  # variables install() wrote: name, before, after
     missing: list[str] = field(default_factory=list)
     guard: Any = None  # torch_guard.GuardResult once torch.distributed was checked
@@ -94,16 +89,15 @@ def _patch_target(module: ModuleType, target: Target, family_module: ModuleType)
         return None
     role = getattr(family_module, "ROLE_FUNCTIONS", {}).get(target.role) or roles.ROLE_FUNCTIONS[target.role]
     wrapper = _shim_wrapper_class()(original, functools.partial(role, family_module=family_module))
-    setattr(owner, attr, wrapper)
-    _state.replacements.append(_Replacement(owner, attr, original, wrapper))
+    _originals.replace(owner, attr, wrapper, by=_originals.VLLM, original=original)
     return (original, wrapper, owner) if isinstance(owner, ModuleType) else None
 
 
 def _rebind_copies(patched: list[tuple]) -> None:
     """Names bound with ``from … import`` before the patch still hold the original: point them at the wrapper.
 
-    One pass over the loaded ``vllm.*`` modules for all the targets of a module (a pass per target was most of
-    what ``install()`` cost once vLLM's modules are loaded, and of the shim's own time inside ``LLM()``)."""
+    One pass over the loaded ``vllm.*`` modules serves all the targets of a module: a pass costs as much as
+    everything else ``install()`` does once vLLM's modules are loaded."""
     by_id = {id(original): (original, wrapper, owner) for original, wrapper, owner in patched}
     if not by_id:
         return
@@ -113,8 +107,7 @@ def _rebind_copies(patched: list[tuple]) -> None:
         for attr, value in list(vars(mod).items()):
             hit = by_id.get(id(value))
             if hit is not None and hit[0] is value and mod is not hit[2]:
-                setattr(mod, attr, hit[1])
-                _state.replacements.append(_Replacement(mod, attr, hit[0], hit[1]))
+                _originals.replace(mod, attr, hit[1], by=_originals.VLLM)
 
 
 def _on_import(module: ModuleType, generation: int) -> None:
@@ -150,7 +143,7 @@ def _note_existing_vllm_world(family: Family) -> None:
         )
 
 
-def install(*, family: str | None = None, how: str = "install()") -> dict:
+def install(*, family: str | None = None, how: str = "install()") -> Status:
     with _lock:
         if _state.installed:
             return status()
@@ -187,9 +180,6 @@ def install(*, family: str | None = None, how: str = "install()") -> dict:
         _exit.watch_multiprocessing_child_exit()
         log.info("vllm-pg-shim %s installed (%s) for %s %s, family %s", __version__, how, *dist, chosen.name)
         return status()
-
-
-_C10D = "torch.distributed.distributed_c10d"
 
 
 def _guard_torch(c10d: ModuleType):
@@ -269,11 +259,11 @@ def _check_torch_distributed() -> None:
         raise ShimError("vllm-pg-shim: this torch build has no torch.distributed; there is nothing to isolate")
 
 
-def uninstall() -> dict:
+def uninstall() -> Status:
     with _lock:
         if not _state.installed:
             return status()
-        if "torch.distributed.distributed_c10d" in sys.modules:
+        if _C10D in sys.modules:
             from . import world
 
             live = world.current_private()
@@ -290,21 +280,18 @@ def uninstall() -> dict:
 
 def _restore_everything() -> None:
     """Put back every original the shim replaced (the caller holds the lock)."""
-    for rep in reversed(_state.replacements):
-        current = vars(rep.owner).get(rep.attr)
-        if current is rep.wrapper:
-            setattr(rep.owner, rep.attr, rep.original)
-    # copies taken from a patched module after install (later imports) hold the wrapper too
+    for left in _originals.restore(_originals.VLLM):
+        log.info("vllm-pg-shim: %s was replaced again since the shim wrapped it; left as it is", left.name)
+    # copies taken from a patched module after install (``from … import`` after the patch) hold the wrapper too
     for name, mod in list(sys.modules.items()):
         if mod is None or not (name == "vllm" or name.startswith("vllm.")):
             continue
         for attr, value in list(vars(mod).items()):
             if is_shim_wrapper(value):
                 setattr(mod, attr, value.__wrapped__)
-    _state.replacements.clear()
     from . import _exit
 
-    _exit.restore_process_start()
+    _exit.stop()
     _restore_import_environment()
     _state.installed, _state.how = False, None
     _state.generation += 1
@@ -314,43 +301,42 @@ def installed() -> bool:
     return _state.installed
 
 
-def status() -> dict:
-    from . import _env as env
-
+def status() -> Status:
     dist = _state.distribution or vllm_distribution()
-    result: dict[str, Any] = {
-        "shim_version": __version__,
-        "installed": _state.installed,
-        "activation": _state.how,
-        "env": {var: os.environ.get(var) for var in env.ALL_VARS},
-        "vllm": {"distribution": dist[0], "version": dist[1]} if dist else None,
-        "torch": _torch_version(),
-        "torch_guard": (guard := _torch_guard_result()).as_dict(),
-        "family": None,
-        "family_releases": None,
-        "patched": sorted({f"{_owner_name(r.owner)}.{r.attr}" for r in _state.replacements}),
-        "missing": list(_state.missing),
-        "import_environment": [dict(r) for r in _state.environment],
-        "python": sys.version.split()[0],
-        "pid": os.getpid(),
-    }
-    decision = _state.decision if _state.installed else None
+    decision, refusal = _state.decision if _state.installed else None, None
     if decision is None and dist is not None:
         try:
-            decision = decide(dist[1], dist[0], forced=env.forced_family())
+            decision = decide(dist[1], dist[0], forced=_env.forced_family())
         except ShimError as exc:
-            result["reason"] = str(exc)
-    if decision is not None:
-        result["family"], result["family_releases"] = decision.family.name, decision.family.releases
-        result["family_decision"] = {"how": decision.how, "note": decision.note}
-    if "torch.distributed.distributed_c10d" in sys.modules:
+            refusal = str(exc)
+    if _C10D in sys.modules:
         from . import world
 
-        result["world"] = world.describe()
+        world_now = world.describe()
     else:
-        result["world"] = {"host_world": "none", "router_installed": False, "private_worlds": []}
-    result.setdefault("reason", _reason(result, guard))
-    return result
+        world_now = {"host_world": "none", "router_installed": False, "private_worlds": []}
+    guard = _torch_guard_result()
+    replaced = _originals.saved()
+    return Status(
+        shim_version=__version__,
+        installed=_state.installed,
+        activation=_state.how,
+        env={var: os.environ.get(var) for var in _env.ALL_VARS},
+        vllm={"distribution": dist[0], "version": dist[1]} if dist else None,
+        torch=guard.torch,
+        torch_guard=guard.as_dict(),
+        family=decision.family.name if decision else None,
+        family_releases=decision.family.releases if decision else None,
+        family_decision={"how": decision.how, "note": decision.note} if decision else None,
+        patched=sorted({e.name for e in replaced if e.by == _originals.VLLM}),
+        replacements=[e.describe() for e in replaced],
+        missing=list(_state.missing),
+        import_environment=[dict(r) for r in _state.environment],
+        python=sys.version.split()[0],
+        pid=os.getpid(),
+        world=world_now,
+        reason=refusal or _reason(dist is not None, world_now, guard),
+    )
 
 
 def _torch_guard_result():
@@ -364,32 +350,29 @@ def _torch_guard_result():
     return torch_guard.check(c10d, _torch_version(), forced=_env.torch_forced())
 
 
-def _reason(result: dict, guard) -> str:
-    if result["vllm"] is None:
+def _reason(has_vllm: bool, world_now: dict, guard) -> str:
+    if not has_vllm:
         return "vLLM is not installed here"
-    if not result["installed"] and _state.refusal:
+    if not _state.installed and _state.refusal:
         return _state.refusal
-    if not result["installed"] and guard.differences and not guard.forced:
+    if not _state.installed and guard.differences and not guard.forced:
         from . import torch_guard
 
         return torch_guard.refusal(guard)
-    if not result["installed"]:
+    if not _state.installed:
         return "not installed: call vllm_pg_shim.install() or set VLLM_PG_SHIM=1"
-    host = result["world"]["host_world"]
-    if result["world"]["private_worlds"]:
+    host = world_now["host_world"]
+    if world_now["private_worlds"]:
         return "active: vLLM runs in a private world beside the host's WORLD"
     if host == "foreign":
         return "active: this process's WORLD is foreign; vLLM will get a private world when it initialises"
     return "active: no foreign WORLD here, so vLLM runs exactly as stock"
 
 
-def _owner_name(owner) -> str:
-    return getattr(owner, "__name__", repr(owner)) if isinstance(owner, ModuleType) else (
-        f"{owner.__module__}.{owner.__qualname__}"
-    )
-
-
 def _torch_version() -> str | None:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(getattr(torch, "__version__", None), str):
+        return str(torch.__version__)
     import importlib.metadata as md
 
     try:

@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 
 import torch.distributed.distributed_c10d as c10d
 
+from . import _scope
 from ._env import TIMEOUT_VAR, _warn_once, rendezvous_timeout
 from .exceptions import PrivateWorldTimeout, ShimError
 
@@ -227,10 +228,8 @@ def routed_init_process_group(real):
     """``init_process_group`` as the router installs it: the host's calls pass through untouched."""
 
     def init_process_group(backend=None, init_method=None, timeout=None, world_size=-1, rank=-1, store=None, **kw):
-        from . import world
-
-        seconds = rendezvous_timeout() if world.in_private_scope() else None
-        private = world.scoped_world()
+        private = _scope.current()
+        seconds = rendezvous_timeout() if private is not None else None
         roll_store = where = None
         if private is not None:
             _check_rank(world_size, rank)
@@ -261,7 +260,7 @@ def routed_init_process_group(real):
                 )
         call = dict(backend=backend, init_method=init_method, timeout=timeout, world_size=world_size, rank=rank,
                     store=store, **kw)
-        if not world.in_private_scope():
+        if private is None:
             return real(**call)
         # torch records a few process-wide things when it makes a default group (its excepthook prefix, the
         # backend and init method of "the" WORLD): those stay the host's.
