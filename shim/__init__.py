@@ -12,21 +12,28 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .exceptions import PrivateWorldTimeout, ShimError, UnsupportedTorch
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at interpreter start
 if TYPE_CHECKING:
     from ._status import Status
+    from .exceptions import PrivateWorldTimeout, ShimError, UnsupportedTorch
 
 __all__ = ["install", "uninstall", "status", "Status", "ShimError", "PrivateWorldTimeout", "UnsupportedTorch",
            "__version__"]
 
 
-def __getattr__(name: str):
-    if name == "Status":  # the type of status()'s result, imported on first use (this package stays cheap)
-        from ._status import Status
+_LAZY = {"Status": "_status", "ShimError": "exceptions", "PrivateWorldTimeout": "exceptions",
+         "UnsupportedTorch": "exceptions"}
 
-        return Status
+
+def __getattr__(name: str):
+    """The exported classes, imported on first use: the .pth imports this package whenever VLLM_PG_SHIM is set,
+    and then only ``_env`` and ``_startup`` besides."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

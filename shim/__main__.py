@@ -10,8 +10,9 @@ def doctor(as_json: bool = False) -> int:
     from . import _env
     from ._lifecycle import status
 
-    _load_torch_distributed()
     info = status()
+    if info["family"] and not info["torch_guard"]["checked"] and _load_torch_distributed():
+        info = status()  # where the shim would act, the torch guard's verdict matters: load torch to get it
     activation = info["activation"] or (
         "VLLM_PG_SHIM=1 (at interpreter start)" if _env.activation_requested() else "off"
     )
@@ -41,16 +42,18 @@ def doctor(as_json: bool = False) -> int:
     return 0
 
 
-def _load_torch_distributed() -> None:
-    """The torch guard checks a loaded torch: doctor loads it (install() never does, to keep start-up cheap)."""
+def _load_torch_distributed() -> bool:
+    """The torch guard checks a loaded torch; install() never loads it (start-up stays cheap), doctor may."""
     import importlib
     import importlib.util
 
     try:
-        if importlib.util.find_spec("torch") is not None:
-            importlib.import_module("torch.distributed.distributed_c10d")
+        if importlib.util.find_spec("torch") is None:
+            return False
+        importlib.import_module("torch.distributed.distributed_c10d")
     except Exception:  # a torch without distributed support: status() says so
-        pass
+        return False
+    return True
 
 
 def _tested(guard: dict) -> str:
@@ -63,7 +66,7 @@ def _tested(guard: dict) -> str:
 
 def _guard_line(guard: dict) -> str:
     if not guard["checked"]:
-        return "not checked (torch.distributed could not be imported)"
+        return "not checked (no family applies here, or torch.distributed cannot be imported)"
     if not guard["differences"]:
         return "ok: the private torch names the shim relies on are as expected"
     verdict = "FORCED (VLLM_PG_SHIM_FORCE_TORCH=1) despite" if guard["forced"] else "REFUSED:"

@@ -1,6 +1,6 @@
 """install / uninstall / status: the patch machinery, knowing nothing of any one vLLM release.
 
-The family (from compat_matrix.yaml) names targets; each is wrapped the moment its module is imported (a wrapt
+The family (from compat_matrix.yaml) names targets; each is wrapped the moment its module is imported (a
 post-import hook, so later ``from … import`` copies take the wrapper) or at once when it is already loaded, in
 which case copies already bound in loaded ``vllm.*`` modules are rebound as well. Every replacement is
 recorded with its original in the shim's one registry (``_originals``), and ``uninstall`` puts back exactly
@@ -9,36 +9,48 @@ those originals, where the shim's wrapper is still in place.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from . import __version__, _env, _originals
+from . import __version__, _env, _import_hooks, _installed, _originals
 from ._status import Status
 from .exceptions import ShimError, UnsupportedTorch
 from .families import Decision, Family, Target, decide, vllm_distribution
 
-log = logging.getLogger("vllm_pg_shim")
+INFO, WARNING = 20, 30  # logging's levels, named without importing logging
+
+
+def _log(level: int, message: str, *args) -> None:
+    """Log to the "vllm_pg_shim" logger. While nothing has imported logging, nothing has configured it either, so
+    an info record would go nowhere: logging (costly at interpreter start) is imported for warnings only."""
+    if level < WARNING and "logging" not in sys.modules:
+        return
+    import logging
+
+    logging.getLogger("vllm_pg_shim").log(level, message, *args)
+
 
 _C10D = "torch.distributed.distributed_c10d"  # loaded: torch.distributed is in use and the guard can check it
 
 
-@dataclass
 class _State:
-    installed: bool = False
-    how: str | None = None
-    family: Family | None = None
-    decision: Decision | None = None
-    distribution: tuple[str, str] | None = None
-    generation: int = 0  # import hooks of an earlier install() see a newer generation and do nothing
-    environment: list[dict] = field(default_factory=list)  # variables install() wrote: name, before, after
-    missing: list[str] = field(default_factory=list)
-    guard: Any = None  # torch_guard.GuardResult once torch.distributed was checked
-    refusal: str | None = None  # why the shim stood down after install() (a torch imported later differed)
+    """This process's install (one per process, behind ``_lock``)."""
+
+    def __init__(self) -> None:
+        self.installed = False
+        self.how: str | None = None
+        self.family: Family | None = None
+        self.decision: Decision | None = None
+        self.distribution: tuple[str, str] | None = None
+        self.generation = 0  # import hooks of an earlier install() see a newer generation and do nothing
+        self.environment: list[dict] = []  # variables install() wrote: name, before, after
+        self.missing: list[str] = []
+        self.hooks: list = []  # the import hooks of this install, cancelled by uninstall
+        self.guard: Any = None  # torch_guard.GuardResult once torch.distributed was checked
+        self.refusal: str | None = None  # why the shim stood down after install() (a torch imported later differed)
 
 
 _lock = threading.RLock()
@@ -83,7 +95,7 @@ def _patch_target(module: ModuleType, target: Target, family_module: ModuleType)
     except (AttributeError, KeyError):
         if not target.optional:
             _state.missing.append(str(target))
-            log.warning("vllm-pg-shim: %s is not in this vLLM release; not wrapped", target)
+            _log(WARNING, "vllm-pg-shim: %s is not in this vLLM release; not wrapped", target)
         return None
     if is_shim_wrapper(original):
         return None
@@ -96,8 +108,8 @@ def _patch_target(module: ModuleType, target: Target, family_module: ModuleType)
 def _rebind_copies(patched: list[tuple]) -> None:
     """Names bound with ``from … import`` before the patch still hold the original: point them at the wrapper.
 
-    One pass over the loaded ``vllm.*`` modules serves all the targets of a module: a pass costs as much as
-    everything else ``install()`` does once vLLM's modules are loaded."""
+    One pass over the loaded ``vllm.*`` modules serves all the targets of a module: a pass reads every name of
+    every loaded vLLM module, the largest part of ``install()`` once vLLM's modules are loaded."""
     by_id = {id(original): (original, wrapper, owner) for original, wrapper, owner in patched}
     if not by_id:
         return
@@ -110,10 +122,18 @@ def _rebind_copies(patched: list[tuple]) -> None:
                 _originals.replace(mod, attr, hit[1], by=_originals.VLLM)
 
 
+def _watch_child_exit(_multiprocessing: ModuleType) -> None:
+    with _lock:
+        if _state.installed:
+            from . import _exit
+
+            _exit.watch_multiprocessing_child_exit()
+
+
 def _on_import(module: ModuleType, generation: int) -> None:
     with _lock:
         if not _state.installed or generation != _state.generation or _state.family is None:
-            return  # a hook left by an earlier install (wrapt cannot unregister hooks)
+            return  # an earlier install's hook, running while a later one is active
         from . import _exit
 
         _exit.watch_multiprocessing_child_exit()
@@ -137,7 +157,8 @@ def _note_existing_vllm_world(family: Family) -> None:
 
         world.note_vllm_owned_default()
         # Who made that WORLD cannot be told after the fact, and an engine already built is never moved.
-        log.warning(
+        _log(
+            WARNING,
             "vllm-pg-shim: vLLM had already initialised its distributed state when the shim was installed: its "
             "WORLD is taken as vLLM's own and left as it is. Install the shim before vLLM initialises."
         )
@@ -157,8 +178,6 @@ def install(*, family: str | None = None, how: str = "install()") -> Status:
         decision = decide(dist[1], dist[0], forced=family or _env.forced_family())
         chosen = decision.family
         chosen.patch_module()  # fail here, not in an import hook, if the family module is broken
-        import wrapt
-
         if decision.how == "shape":
             import warnings
 
@@ -168,17 +187,19 @@ def install(*, family: str | None = None, how: str = "install()") -> Status:
         _state.generation += 1
         _state.missing.clear()
         _state.refusal = None
+        hooks = {module: functools.partial(_on_import, generation=_state.generation)
+                 for module in dict.fromkeys(t.module for t in chosen.targets)}
         if c10d is None:  # checked right after torch.distributed is imported, before vLLM can use it
-            wrapt.register_post_import_hook(functools.partial(_guard_on_import, generation=_state.generation), _C10D)
-        for module_name in dict.fromkeys(t.module for t in chosen.targets):
-            # wrapt runs the hook now if the module is already imported, else right after its import.
-            wrapt.register_post_import_hook(functools.partial(_on_import, generation=_state.generation), module_name)
+            hooks = {_C10D: functools.partial(_guard_on_import, generation=_state.generation), **hooks}
+        _state.hooks = list(hooks.values())
+        for module_name, hook in hooks.items():
+            _import_hooks.register(hook, module_name)  # runs now if the module is already imported
         _note_existing_vllm_world(chosen)
         _write_import_environment(dist[1])
-        from . import _exit
-
-        _exit.watch_multiprocessing_child_exit()
-        log.info("vllm-pg-shim %s installed (%s) for %s %s, family %s", __version__, how, *dist, chosen.name)
+        # No multiprocessing child can exist before multiprocessing is imported: watch from then on.
+        _import_hooks.register(_watch_child_exit, "multiprocessing")
+        _state.hooks.append(_watch_child_exit)
+        _log(INFO, "vllm-pg-shim %s installed (%s) for %s %s, family %s", __version__, how, *dist, chosen.name)
         return status()
 
 
@@ -189,7 +210,7 @@ def _guard_torch(c10d: ModuleType):
     result = _state.guard = torch_guard.check(c10d, _torch_version(), forced=_env.torch_forced())
     if result.differences:
         if not result.forced:
-            raise UnsupportedTorch(torch_guard.refusal(result), differences=result.differences)
+            raise UnsupportedTorch(torch_guard.refusal(result), differences=list(result.differences))
         _env._warn_once(f"force-torch:{result.torch}",
                         f"vllm-pg-shim: {_env.FORCE_TORCH_VAR}=1: applied to torch {result.torch} although "
                         + "; ".join(result.differences), stacklevel=4)
@@ -231,7 +252,7 @@ def _write_import_environment(version: str) -> None:
         os.environ[write.variable] = write.value
         _state.environment.append({"variable": write.variable, "before": before, "after": write.value})
         if before != write.value:
-            log.info("vllm-pg-shim: %s=%s, as `import vllm` %s sets it on every rank", write.variable,
+            _log(INFO, "vllm-pg-shim: %s=%s, as `import vllm` %s sets it on every rank", write.variable,
                      write.value, version)
 
 
@@ -280,8 +301,11 @@ def uninstall() -> Status:
 
 def _restore_everything() -> None:
     """Put back every original the shim replaced (the caller holds the lock)."""
+    for hook in _state.hooks:
+        _import_hooks.cancel(hook)
+    _state.hooks.clear()
     for left in _originals.restore(_originals.VLLM):
-        log.info("vllm-pg-shim: %s was replaced again since the shim wrapped it; left as it is", left.name)
+        _log(INFO, "vllm-pg-shim: %s was replaced again since the shim wrapped it; left as it is", left.name)
     # copies taken from a patched module after install (``from … import`` after the patch) hold the wrapper too
     for name, mod in list(sys.modules.items()):
         if mod is None or not (name == "vllm" or name.startswith("vllm.")):
@@ -289,9 +313,10 @@ def _restore_everything() -> None:
         for attr, value in list(vars(mod).items()):
             if is_shim_wrapper(value):
                 setattr(mod, attr, value.__wrapped__)
-    from . import _exit
+    if "vllm_pg_shim._exit" in sys.modules:  # else it never started
+        from . import _exit
 
-    _exit.stop()
+        _exit.stop()
     _restore_import_environment()
     _state.installed, _state.how = False, None
     _state.generation += 1
@@ -309,11 +334,12 @@ def status() -> Status:
             decision = decide(dist[1], dist[0], forced=_env.forced_family())
         except ShimError as exc:
             refusal = str(exc)
-    if _C10D in sys.modules:
+    c10d = sys.modules.get(_C10D)
+    if "vllm_pg_shim.world" in sys.modules or (c10d is not None and c10d._world.default_pg is not None):
         from . import world
 
         world_now = world.describe()
-    else:
+    else:  # no WORLD and no private world can exist before the world module is loaded
         world_now = {"host_world": "none", "router_installed": False, "private_worlds": []}
     guard = _torch_guard_result()
     replaced = _originals.saved()
@@ -373,9 +399,5 @@ def _torch_version() -> str | None:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(getattr(torch, "__version__", None), str):
         return str(torch.__version__)
-    import importlib.metadata as md
-
-    try:
-        return md.version("torch")
-    except md.PackageNotFoundError:
-        return None
+    found = _installed.version("torch")
+    return None if found is _installed.ABSENT else found  # type: ignore[return-value]

@@ -15,9 +15,8 @@ The parts of the shim that replace names, by the ``by`` they record:
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 VLLM = "vllm"
 TORCH_ROUTER = "torch router"
@@ -26,8 +25,7 @@ MULTIPROCESSING = "multiprocessing"
 _MISSING = object()
 
 
-@dataclass(frozen=True)
-class Saved:
+class Saved(NamedTuple):
     owner: Any  # a module, a class, or (for "__class__") an instance
     attr: str
     original: Any

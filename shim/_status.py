@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
 from typing import Any, Optional
 
+FIELDS = ("shim_version", "installed", "activation", "env", "vllm", "torch", "torch_guard", "family",
+          "family_releases", "family_decision", "patched", "replacements", "missing", "import_environment", "python",
+          "pid", "world", "reason")
 
-@dataclass(eq=False)
+
 class Status(dict):
-    """What is active and why. Typed fields (``status().installed``), and also a plain dict
-    (``status()["installed"]``, ``json.dumps(status())``): the dict holds the same values as the fields."""
+    """What is active and why: a dict (``status()["installed"]``, ``json.dumps(status())``) whose keys are also
+    typed attributes (``status().installed``). A dict subclass rather than a dataclass so that it stays what
+    callers have always received, and costs no ``dataclasses`` import in every vLLM process."""
 
     shim_version: str
     installed: bool
@@ -30,8 +33,17 @@ class Status(dict):
     world: dict  # {"host_world", "router_installed", "private_worlds"}
     reason: str
 
-    def __post_init__(self) -> None:
-        dict.update(self, {f.name: getattr(self, f.name) for f in fields(self)})
+    def __init__(self, **values: Any) -> None:
+        unknown, absent = set(values) - set(FIELDS), set(FIELDS) - set(values)
+        if unknown or absent:
+            raise TypeError(f"Status fields: unknown {sorted(unknown)}, missing {sorted(absent)}")
+        super().__init__((name, values[name]) for name in FIELDS)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
     def as_dict(self) -> dict[str, Any]:
         """A plain, independent copy."""

@@ -6,16 +6,18 @@ reads an unknown release's sources against them). Imports neither vLLM nor torch
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
 from types import ModuleType
+from typing import NamedTuple
 
+from . import releases
 from .exceptions import ShimError
 
 ROLES = ("init", "scope", "teardown", "device")
 
+# NamedTuples rather than frozen dataclasses: made at every install(), where a dataclass costs ten times more.
 
-@dataclass(frozen=True)
-class Target:
+
+class Target(NamedTuple):
     module: str
     qualname: str
     role: str
@@ -32,19 +34,15 @@ class Target:
         return f"{self.module}:{self.qualname}"
 
 
-@dataclass(frozen=True)
-class Family:
+class Family(NamedTuple):
     name: str
     releases: str
     module_name: str
-    targets: tuple[Target, ...] = field(default=())
+    targets: tuple[Target, ...] = ()
     world_state: str | None = None  # "module:global" holding vLLM's world group once it has initialised
 
     def covers(self, version: str) -> bool:
-        from packaging.specifiers import SpecifierSet
-
-        # prereleases is explicit: packaging >= 26 changed how ranges admit dev/local builds.
-        return SpecifierSet(self.releases).contains(release_key(version), prereleases=False)
+        return releases.covers(self.releases, version)
 
     def has_patch_module(self) -> bool:
         """Whether the family's module exists (found, not imported: a family may import torch)."""
@@ -62,15 +60,3 @@ class Family:
         except ImportError as exc:
             raise ShimError(f"compat_matrix.yaml: family {self.name!r} names the patch module {self.module_name!r}, "
                             f"which cannot be imported as {name} ({exc})") from exc
-
-
-def release_key(version: str) -> str:
-    """The release a build is matched by: ``0.33.0rc1+g12`` → ``0.33.0``; ``0.5.3.post1`` stays itself."""
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        v = Version(version)
-    except (InvalidVersion, TypeError) as exc:  # TypeError: metadata without a Version field gives None
-        raise ShimError(f"vLLM reports the version {version!r}, which is not a PEP 440 version") from exc
-    key = ".".join(str(p) for p in v.release)
-    return f"{key}.post{v.post}" if v.post is not None else key

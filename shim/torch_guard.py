@@ -11,10 +11,8 @@ when it already is, else right after its import), so activation at interpreter s
 """
 from __future__ import annotations
 
-import inspect
-from dataclasses import asdict, dataclass, field
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 C10D = "torch.distributed.distributed_c10d"
 
@@ -112,6 +110,8 @@ def _function(c10d: ModuleType, name: str, arguments: int | None) -> str:
         return f"a {type(fn).__name__}, not callable"
     if arguments is None:
         return CALLABLE
+    import inspect
+
     try:
         inspect.signature(fn).bind(*[None] * arguments)
     except TypeError:
@@ -126,8 +126,7 @@ def _method(c10d: ModuleType, owner: str, name: str) -> str:
     return CALLABLE if callable(getattr(klass, name, None)) else ABSENT
 
 
-@dataclass(frozen=True)
-class Internal:
+class Internal(NamedTuple):
     """One private torch name and what the shim needs of it."""
 
     name: str  # as reached from torch.distributed.distributed_c10d
@@ -168,15 +167,14 @@ INTERNALS: tuple[Internal, ...] = (
 )
 
 
-@dataclass
-class GuardResult:
+class GuardResult(NamedTuple):
     """What the guard found (``status()["torch_guard"]``)."""
 
     torch: str | None
     tested: bool
     tested_versions: tuple[str, ...] = TESTED_TORCH
     checked: bool = False  # False until torch.distributed is loaded
-    differences: list[str] = field(default_factory=list)
+    differences: tuple[str, ...] = ()
     forced: bool = False
 
     @property
@@ -184,7 +182,8 @@ class GuardResult:
         return self.checked and not self.differences
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "tested_versions": list(self.tested_versions), "ok": self.ok}
+        return {**self._asdict(), "tested_versions": list(self.tested_versions),
+                "differences": list(self.differences), "ok": self.ok}
 
     def summary(self) -> str:
         if not self.checked:
@@ -217,7 +216,7 @@ def release_of(version: str) -> str:
 
 def check(c10d: ModuleType, torch_version: str | None, *, forced: bool) -> GuardResult:
     return GuardResult(torch=torch_version, tested=torch_version is not None and release_of(torch_version)
-                       in TESTED_TORCH, checked=True, differences=differences(c10d), forced=forced)
+                       in TESTED_TORCH, checked=True, differences=tuple(differences(c10d)), forced=forced)
 
 
 def unchecked(torch_version: str | None, *, forced: bool) -> GuardResult:
