@@ -98,8 +98,9 @@ def _instance(c10d: ModuleType, name: str) -> str:
     klass, value = getattr(c10d, "_World", None), getattr(c10d, name, None)
     if value is None:
         return ABSENT
-    return "an instance of _World" if isinstance(klass, type) and isinstance(value, klass) else (
-        f"a {type(value).__name__}")
+    if isinstance(klass, type) and isinstance(value, klass):
+        return "an instance of _World"
+    return f"a {type(value).__qualname__} object that is not an instance of _World"
 
 
 def _function(c10d: ModuleType, name: str, arguments: int | None) -> str:
