@@ -34,7 +34,8 @@ RECORDS_HEAD = """\
 
 TIERS = {  # test file -> (tier, stock tests and what their passing shows)
     "test_e2e_seed.py": ("e2e-cpu", {
-        "test_stock_in_process_engine_deadlocks": "in-process engine: deadlock in init_world_group (stopped after 75 s)",
+        "test_stock_in_process_engine_deadlocks":
+            "in-process engine: deadlock in init_world_group (stopped after 75 s)",
         "test_stock_engine_process_child_never_exits": "engine process: the torch.mp child never exits (stopped)",
     }),
     "test_pg_tier.py": ("pg-gloo", {
@@ -148,9 +149,9 @@ def _write_entry(records: Path, entry: dict, version: str, tier: str) -> dict:
 
 
 def migrate(matrix: Path = ROOT / "compat_matrix.yaml") -> int:
-    """Move rows still in ``matrix``'s ``results:`` (recorded by an older recorder) into compat_records.yaml,
-    their test set unknown where they name none; a row already there for the same release and tier is kept.
-    Returns how many moved."""
+    """Move rows still in ``matrix``'s ``results:`` (written by a recorder from before compat_records.yaml, e.g.
+    on a branch merged since) into compat_records.yaml, their test set unknown where they name none. Such a row
+    replaces the record of its release and tier unless it is that same record. Returns how many moved."""
     if not matrix.exists() or "\nresults:" not in matrix.read_text():
         return 0
     head, rows = _split(matrix)
@@ -158,10 +159,15 @@ def migrate(matrix: Path = ROOT / "compat_matrix.yaml") -> int:
     if not records.exists():
         records.write_text(RECORDS_HEAD + "\nresults: []\n")
     records_head, kept = _split(records)
-    have = {(r["version"], r["tier"]) for r in kept}
-    moved = [{**r, "test_set": r.get("test_set", UNKNOWN_TEST_SET)}
-             for r in rows if (r["version"], r["tier"]) not in have]
-    _write_rows(records, records_head, kept + moved)
+
+    def run(row: dict) -> dict:
+        return {k: v for k, v in row.items() if k != "test_set"}
+
+    have = {(r["version"], r["tier"]): r for r in kept}
+    moved = [{**r, "test_set": r.get("test_set", UNKNOWN_TEST_SET)} for r in rows
+             if (r["version"], r["tier"]) not in have or run(have[(r["version"], r["tier"])]) != run(r)]
+    replaced = {(r["version"], r["tier"]) for r in moved}
+    _write_rows(records, records_head, [r for r in kept if (r["version"], r["tier"]) not in replaced] + moved)
     matrix.write_text(head.rstrip("\n") + "\n")
     return len(moved)
 
