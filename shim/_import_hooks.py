@@ -109,7 +109,9 @@ class _HookFinder:
         finally:
             with _lock:
                 self._in_progress.discard(fullname)
-        loader = getattr(spec, "loader", None)
+        if spec is None:
+            return None
+        loader = spec.loader
         if loader is not None and hasattr(loader, "exec_module") and not isinstance(loader, _NotifyingLoader):
-            spec.loader = _NotifyingLoader(loader)
+            spec.loader = _NotifyingLoader(loader)  # type: ignore[assignment]  # duck-typed: importlib.abc is costly
         return spec

@@ -12,25 +12,31 @@ import os
 import re
 import sys
 
-ABSENT = object()  # what version() returns for a distribution that is not installed
 _ASK_IMPORTLIB = object()
+_NOT_INSTALLED = object()
+
+
+class NotInstalled(LookupError):
+    """The distribution is not installed (importlib.metadata's PackageNotFoundError, without importing it)."""
 
 
 def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def version(name: str) -> object:
-    """The ``Version`` of distribution ``name`` (a str, or None when its metadata has none), or :data:`ABSENT`."""
+def version(name: str) -> str | None:
+    """The ``Version`` of distribution ``name`` (None when its metadata has none); NotInstalled when absent."""
     found = _from_dist_info(_normalized(name))
+    if found is _NOT_INSTALLED:
+        raise NotInstalled(name)
     if found is not _ASK_IMPORTLIB:
-        return found
+        return found  # type: ignore[return-value]
     import importlib.metadata
 
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
-        return ABSENT
+        raise NotInstalled(name) from None
 
 
 def _from_dist_info(wanted: str) -> object:
@@ -50,7 +56,7 @@ def _from_dist_info(wanted: str) -> object:
     if any((f if isinstance(f, type) else type(f)).__module__ not in _KNOWN_FINDERS
            for f in sys.meta_path if hasattr(f, "find_distributions")):
         return _ASK_IMPORTLIB  # a finder of its own may provide distributions
-    return ABSENT
+    return _NOT_INSTALLED
 
 
 # meta path finders whose distributions are those of sys.path's directories

@@ -399,5 +399,7 @@ def _torch_version() -> str | None:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(getattr(torch, "__version__", None), str):
         return str(torch.__version__)
-    found = _installed.version("torch")
-    return None if found is _installed.ABSENT else found  # type: ignore[return-value]
+    try:
+        return _installed.version("torch")
+    except _installed.NotInstalled:
+        return None

@@ -164,9 +164,10 @@ def import_environment(version: str, path: str | None = None) -> list[Environmen
 def vllm_distribution() -> tuple[str, str] | None:
     """(distribution name, version) of the installed vLLM, or None. Does not import vLLM."""
     for dist in VLLM_DISTRIBUTIONS:
-        found = _installed.version(dist)
-        if found is not _installed.ABSENT:
-            return dist, found  # type: ignore[return-value]  (None: metadata without a Version)
+        try:
+            return dist, _installed.version(dist)  # type: ignore[return-value]  # None: metadata without Version
+        except _installed.NotInstalled:
+            continue
     return None
 
 

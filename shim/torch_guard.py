@@ -11,6 +11,7 @@ when it already is, else right after its import), so activation at interpreter s
 """
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 from typing import Any, Callable, NamedTuple
 
@@ -47,7 +48,7 @@ def per_process_storage(c10d: ModuleType) -> dict[str, type]:
     probe = c10d._World()
     found = {}
     for name, prop in world_properties(c10d).items():
-        if name in ("default_pg", "group_count"):
+        if name in ("default_pg", "group_count") or prop.fget is None:
             continue
         try:
             value = prop.fget(probe)
@@ -144,7 +145,7 @@ INTERNALS: tuple[Internal, ...] = (
              why="routed to the current world"),
     Internal("_World.group_count", SETTABLE, lambda m: _world_property(m, "group_count"),
              why="routed to the current world"),
-    *(Internal(f"_World.{n}", PER_PROCESS, lambda m, n=n: _per_process_map(m, n),
+    *(Internal(f"_World.{n}", PER_PROCESS, functools.partial(_per_process_map, name=n),
                why="storage a private world must have its own of") for n in PER_PROCESS_MAPS),
     Internal("_world", "an instance of _World", lambda m: _instance(m, "_world"),
              why="its class is swapped for the routing one while a private world lives"),
