@@ -1,8 +1,9 @@
-"""The compatibility tables are generated from compat_matrix.yaml: the full one in docs/compatibility.md and the
-README's line per family never differ from the matrix."""
+"""The compatibility tables are generated from compat_matrix.yaml and compat_records.yaml: the full one in
+docs/compatibility.md and the README's line per family never differ from them."""
 import yaml
 
 from support.matrix_table import COMPAT_PAGE, README, ROOT, SUMMARY, current, render, render_summary
+from support.record import TEST_SETS, UNKNOWN_TEST_SET, load_records
 
 STALE = "is stale: run python tests/support/matrix_table.py"
 
@@ -12,16 +13,22 @@ def matrix() -> dict:
 
 
 def test_the_compatibility_page_is_generated_from_the_matrix():
-    assert current(COMPAT_PAGE) == render(matrix()), f"{COMPAT_PAGE.name} {STALE}"
+    assert current(COMPAT_PAGE) == render(matrix(), test_sets=True), f"{COMPAT_PAGE.name} {STALE}"
 
 
 def test_the_readmes_family_summary_is_generated_from_the_matrix():
     assert current(README, SUMMARY) == render_summary(matrix()), f"the README's family summary {STALE}"
 
 
-def test_every_recorded_result_names_version_torch_tier_date_and_outcomes():
-    for r in matrix().get("results") or []:
-        assert {"version", "distribution", "torch", "tier", "date", "stock", "shim", "tests"} <= set(r), r
+def test_every_recorded_result_names_version_torch_tier_date_outcomes_and_test_set():
+    for r in load_records():
+        assert {"version", "distribution", "torch", "tier", "date", "stock", "shim", "tests", "test_set"} <= set(r), r
+        assert r["tier"] in TEST_SETS and (r["test_set"] == UNKNOWN_TEST_SET or len(r["test_set"]) == 12), r
+
+
+def test_the_matrix_holds_no_run_records():
+    """install() reads compat_matrix.yaml: its rows live in compat_records.yaml (record.py --migrate moves them)."""
+    assert "results" not in matrix()
 
 
 def test_the_readme_stays_short_and_keeps_its_sections():

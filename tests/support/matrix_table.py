@@ -1,5 +1,6 @@
-"""The compatibility tables, rendered from compat_matrix.yaml (tests/test_readme_table.py checks them): the full
-table in docs/compatibility.md and one line per family in the README.
+"""The compatibility tables, rendered from compat_matrix.yaml (families) and compat_records.yaml (runs)
+(tests/test_readme_table.py checks them): the full table in docs/compatibility.md, each row naming its test set,
+and one line per family in the README.
 
 ``python tests/support/matrix_table.py`` rewrites both between their markers.
 """
@@ -10,6 +11,10 @@ from pathlib import Path
 
 import yaml
 
+if not __package__:  # run as a script: the support package is in tests/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.record import load_records, records_path  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 START, END = "<!-- compat-table:start -->", "<!-- compat-table:end -->"
 SUMMARY = ("<!-- family-summary:start -->", "<!-- family-summary:end -->")
@@ -17,17 +22,23 @@ COMPAT_PAGE = ROOT / "docs" / "compatibility.md"
 README = ROOT / "README.md"
 
 
-def render(matrix: dict) -> str:
+def render(matrix: dict, records: list[dict] | None = None, *, test_sets: bool = False) -> str:
+    """The families of ``matrix`` and the run rows (``records``: compat_records.yaml's when not given);
+    ``test_sets`` adds the column naming each row's test set."""
+    if records is None:
+        records = load_records()
     lines = ["| family | vLLM releases | patch module |", "|---|---|---|"]
     for name, fam in matrix["families"].items():
         lines.append(f"| `{name}` | `{fam['releases']}` | `patches/{fam['module']}.py` |")
-    lines += ["", "| vLLM | torch | tier | machine | date | stock | with the shim | tests |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in matrix.get("results") or []:
+    extra = (" test set |", "---|") if test_sets else ("", "")
+    lines += ["", "| vLLM | torch | tier | machine | date | stock | with the shim | tests |" + extra[0],
+              "|---|---|---|---|---|---|---|---|" + extra[1]]
+    for r in records:
         lines.append(f"| {r['version']} ({r['distribution']}) | {r['torch']} | {r['tier']} | {r['machine']} | "
-                     f"{r['date']} | {r['stock']} | **{r['shim']}** | {r['tests']} |")
-    if not matrix.get("results"):
-        lines.append("| (no recorded run yet) | | | | | | | |")
+                     f"{r['date']} | {r['stock']} | **{r['shim']}** | {r['tests']} |"
+                     + (f" {r.get('test_set', 'unknown')} |" if test_sets else ""))
+    if not records:
+        lines.append("| (no recorded run yet) | | | | | | | |" + (" |" if test_sets else ""))
     return "\n".join(lines)
 
 
@@ -44,11 +55,11 @@ def _version_key(version: str):
     return Version(version)
 
 
-def render_summary(matrix: dict) -> str:
+def render_summary(matrix: dict, records: list[dict] | None = None) -> str:
     """One line per family: its releases and, per tier, how many of the releases run passed with the shim."""
     from packaging.specifiers import SpecifierSet
 
-    results = matrix.get("results") or []
+    results = load_records() if records is None else records
     lines = ["| family | vLLM releases | passed with the shim (tier: releases passed of releases run) |",
              "|---|---|---|"]
     for name, fam in matrix["families"].items():
@@ -89,9 +100,9 @@ def _replace_between(path: Path, markers: tuple[str, str], body: str) -> None:
 
 
 def rewrite(matrix_path: Path = ROOT / "compat_matrix.yaml") -> None:
-    matrix = yaml.safe_load(matrix_path.read_text())
-    _replace_between(COMPAT_PAGE, (START, END), render(matrix))
-    _replace_between(README, SUMMARY, render_summary(matrix))
+    matrix, records = yaml.safe_load(matrix_path.read_text()), load_records(records_path(matrix_path))
+    _replace_between(COMPAT_PAGE, (START, END), render(matrix, records, test_sets=True))
+    _replace_between(README, SUMMARY, render_summary(matrix, records))
 
 
 def current(page: Path = COMPAT_PAGE, markers: tuple[str, str] = (START, END)) -> str:
