@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         rows.append((label, *verdict(out, clean_tokens)))
     headers = ("run", "engine on rank 0", "host collectives", "exit", "")
     widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     print("\n" + line.format(*headers) + "\n" + line.format(*("-" * w for w in widths)))
     for row in rows:
         print(line.format(*row))

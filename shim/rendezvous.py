@@ -30,19 +30,13 @@ from urllib.parse import urlparse
 
 import torch.distributed.distributed_c10d as c10d
 
-from . import ShimError
+from . import _scope
 from ._env import TIMEOUT_VAR, _warn_once, rendezvous_timeout
+from .exceptions import PrivateWorldTimeout, ShimError
+
+__all__ = ["PrivateWorldTimeout", "routed_init_process_group"]  # PrivateWorldTimeout: its documented old home
 
 ARRIVED_KEY = "vllm_pg_shim/arrived/{rank}"
-
-
-class PrivateWorldTimeout(ShimError, TimeoutError):
-    """A private world's members did not all arrive within ``VLLM_PG_SHIM_TIMEOUT``."""
-
-    def __init__(self, message: str, *, arrived: list[int], missing: list[int]) -> None:
-        super().__init__(message)
-        self.arrived = arrived
-        self.missing = missing
 
 
 def _wait_for_members(store, rank: int, world_size: int, seconds: float, where: str) -> None:
@@ -234,10 +228,8 @@ def routed_init_process_group(real):
     """``init_process_group`` as the router installs it: the host's calls pass through untouched."""
 
     def init_process_group(backend=None, init_method=None, timeout=None, world_size=-1, rank=-1, store=None, **kw):
-        from . import world
-
-        seconds = rendezvous_timeout() if world.in_private_scope() else None
-        private = world.scoped_world()
+        private = _scope.current()
+        seconds = rendezvous_timeout() if private is not None else None
         roll_store = where = None
         if private is not None:
             _check_rank(world_size, rank)
@@ -268,7 +260,7 @@ def routed_init_process_group(real):
                 )
         call = dict(backend=backend, init_method=init_method, timeout=timeout, world_size=world_size, rank=rank,
                     store=store, **kw)
-        if not world.in_private_scope():
+        if private is None:
             return real(**call)
         # torch records a few process-wide things when it makes a default group (its excepthook prefix, the
         # backend and init method of "the" WORLD): those stay the host's.

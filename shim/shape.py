@@ -12,7 +12,7 @@ import ast
 import importlib.metadata as metadata
 from pathlib import Path
 
-from .families import Family, Target
+from .family import Family, Target
 
 INIT_PARAMETERS = ("world_size", "rank", "distributed_init_method")
 

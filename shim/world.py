@@ -1,7 +1,7 @@
 """Private worlds: vLLM's torch.distributed state kept beside the host's, in the same process.
 
 torch keeps "the world" (default group, group maps, the name counter) in one object,
-``distributed_c10d._world``, which torch documents as its extension point. When vLLM initialises in a process
+``distributed_c10d._world``, a private torch API (see vllm_pg_shim.torch_guard). When vLLM initialises in a process
 whose WORLD someone else made, the shim gives vLLM a :class:`PrivateWorld` (a ``_World`` with storage of its
 own) and turns torch's one ``_world`` object into a :class:`RoutingWorld` by changing its class in place, so
 every reference to it, including copies other modules hold, sees the routing:
@@ -23,8 +23,6 @@ Nothing here is installed until a private world is needed, and it is removed aga
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import inspect
 import itertools
@@ -37,47 +35,21 @@ from typing import Any, Iterator
 
 import torch.distributed.distributed_c10d as c10d
 
+from . import _originals, rendezvous
+from ._scope import current as _current_scoped
+from ._scope import in_private_scope, scope  # noqa: F401 (in_private_scope: the roles reach it here)
+from .torch_guard import per_process_storage, world_properties
+
 NAME_PREFIX = "vllm_pg_shim."
 
-_current_private: contextvars.ContextVar[PrivateWorld | None] = contextvars.ContextVar(
-    "vllm_pg_shim_current_private_world", default=None
-)
 _lock = threading.RLock()
 _live: list[PrivateWorld] = []
-_router_saved: dict[str, Any] | None = None
 # The default group vLLM made itself in a clean process (pid, group): a WORLD vLLM owns is not foreign.
 _vllm_owned_default: tuple[int, Any] | None = None
 
 
-def _world_properties() -> dict[str, property]:
-    props: dict[str, property] = {}
-    for klass in reversed(c10d._World.__mro__):
-        props.update({k: v for k, v in vars(klass).items() if isinstance(v, property)})
-    return props
-
-
-def _storage_properties() -> dict[str, type]:
-    """The ``_World`` properties whose storage is a module global of c10d (one per process, not per world).
-
-    Found by identity rather than listed, so a torch release that adds such a map gets private storage too.
-    """
-    module_containers = {id(v) for v in list(vars(c10d).values()) if type(v) in (dict, list)}
-    probe = c10d._World()
-    found = {}
-    for name, prop in _world_properties().items():
-        if name in ("default_pg", "group_count"):
-            continue
-        try:
-            value = prop.fget(probe)
-        except Exception:  # computed properties that need an initialised group
-            continue
-        if id(value) in module_containers:
-            found[name] = type(value)
-    return found
-
-
-_BASE_PROPERTIES = _world_properties()
-_STORAGE = _storage_properties()
+_BASE_PROPERTIES = world_properties(c10d)
+_STORAGE = per_process_storage(c10d)
 
 
 class PrivateWorld(c10d._World):
@@ -191,7 +163,7 @@ def _routed_property(name: str, kind: type) -> property:
     if issubclass(kind, dict):
 
         def fget(self):
-            private = _current_private.get()
+            private = _current_scoped()
             worlds = [private, self] if private is not None else [self]
             worlds += [w for w in _live if w is not private]
             maps = [_host_value(w, name) if w is self else getattr(w, name) for w in worlds]
@@ -200,7 +172,7 @@ def _routed_property(name: str, kind: type) -> property:
     else:
 
         def fget(self):
-            private = _current_private.get()
+            private = _current_scoped()
             return getattr(private, name) if private is not None else _host_value(self, name)
 
     return property(fget, doc=f"``{name}`` of the current world (see vllm_pg_shim.world).")
@@ -210,11 +182,11 @@ def _routed_scalar(name: str) -> property:
     base = _BASE_PROPERTIES[name]
 
     def fget(self):
-        private = _current_private.get()
+        private = _current_scoped()
         return getattr(private, name) if private is not None else base.fget(self)
 
     def fset(self, value):
-        private = _current_private.get()
+        private = _current_scoped()
         if private is not None:
             setattr(private, name, value)
         else:
@@ -254,7 +226,7 @@ for _name, _kind in {**_STORAGE, **_instance_storage_properties()}.items():
 
 def _routed_register(real):
     def _register_process_group(group_name, pg):
-        private = _current_private.get()
+        private = _current_scoped()
         if private is None:
             return real(group_name, pg)
         name = private.registry_name(str(group_name))
@@ -276,7 +248,7 @@ def _owner_of(name: str) -> PrivateWorld | None:
 def _routed_unregister(real):
     def _unregister_process_group(group_name):
         name = str(group_name)
-        private = _current_private.get()
+        private = _current_scoped()
         if private is not None:
             name = private.registry_name(name)
         owner = _owner_of(name)
@@ -291,7 +263,7 @@ def _routed_unregister(real):
 
 def _routed_unregister_all(real, register):
     def _unregister_all_process_groups():
-        private = _current_private.get()
+        private = _current_scoped()
         if private is not None:
             _forget_names(private)
             return None
@@ -306,7 +278,7 @@ def _routed_unregister_all(real, register):
 
 def _routed_update_default_pg(real):
     def _update_default_pg(pg):
-        if _current_private.get() is not None:
+        if _current_scoped() is not None:
             # torch also records the process's global rank for its logs here: that stays the host's.
             c10d._world.default_pg = pg
             return None
@@ -332,7 +304,7 @@ def _routed_group_function(real, group_at: int):
 
     @functools.wraps(real)
     def call(*args, **kwargs):
-        if _current_private.get() is None and _live:
+        if _current_scoped() is None and _live:
             owner = _owner_of_group(kwargs["group"] if "group" in kwargs
                                     else args[group_at] if len(args) > group_at else None)
             if owner is not None:
@@ -373,18 +345,15 @@ def _safe(fn) -> None:
 
 def _forget_names(world: PrivateWorld) -> None:
     """Take a private world's names out of torch's registry (the real function: no routing involved)."""
-    unregister = (_router_saved or {}).get("_unregister_process_group", c10d._unregister_process_group)
+    unregister = _originals.get_original(c10d, "_unregister_process_group")
     for name in list(world.registered):
         _safe(lambda: unregister(name))
     world.registered.clear()
 
 
-def _install_router() -> None:
-    global _router_saved
-    if _router_saved is not None:
-        return
-    saved: dict[str, Any] = {"__class__": type(c10d._world)}
-    replacements = {}
+def _router_replacements() -> dict[str, Any]:
+    """c10d's functions as the router replaces them (those this torch has)."""
+    replacements: dict[str, Any] = {}
     if hasattr(c10d, "_register_process_group"):
         replacements["_register_process_group"] = _routed_register(c10d._register_process_group)
     if hasattr(c10d, "_unregister_process_group"):
@@ -395,42 +364,40 @@ def _install_router() -> None:
         )
     if hasattr(c10d, "_update_default_pg"):
         replacements["_update_default_pg"] = _routed_update_default_pg(c10d._update_default_pg)
-    from . import rendezvous
-
     replacements["init_process_group"] = rendezvous.routed_init_process_group(c10d.init_process_group)
-    reexported = {"init_process_group"}
     for name, group_at in _group_functions().items():
         replacements[name] = _routed_group_function(getattr(c10d, name), group_at)
-        reexported.add(name)
-    for name, fn in replacements.items():
-        saved[name] = getattr(c10d, name)
-        setattr(c10d, name, fn)
-    # torch.distributed re-exports these; vLLM calls them through the package.
+    return replacements
+
+
+_router_on = False
+
+
+def _install_router() -> None:
+    global _router_on
+    if _router_on:
+        return
     import torch.distributed as dist
 
-    for name in reexported:
-        saved[f"dist.{name}"] = getattr(dist, name)
-        setattr(dist, name, replacements[name])
-    c10d._world.__class__ = RoutingWorld
-    _router_saved = saved
+    for name, fn in _router_replacements().items():
+        original = getattr(c10d, name)
+        _originals.replace(c10d, name, fn, by=_originals.TORCH_ROUTER)
+        if vars(dist).get(name) is original:  # torch.distributed re-exports it; vLLM calls it through the package
+            _originals.replace(dist, name, fn, by=_originals.TORCH_ROUTER)
+    _originals.replace(c10d._world, "__class__", RoutingWorld, by=_originals.TORCH_ROUTER,
+                       owner_name=f"{c10d.__name__}._world")
+    _router_on = True
 
 
 def _remove_router() -> None:
-    global _router_saved
-    if _router_saved is None:
-        return
-    saved, _router_saved = _router_saved, None
-    import torch.distributed as dist
-
-    c10d._world.__class__ = saved.pop("__class__")
-    for key in [k for k in saved if k.startswith("dist.")]:
-        setattr(dist, key[len("dist."):], saved.pop(key))
-    for name, fn in saved.items():
-        setattr(c10d, name, fn)
+    global _router_on
+    if _router_on:
+        _router_on = False
+        _originals.restore(_originals.TORCH_ROUTER)
 
 
 def router_installed() -> bool:
-    return _router_saved is not None
+    return _router_on
 
 
 # --- the private worlds' life cycle ----------------------------------------------------------------------
@@ -478,25 +445,6 @@ def new_private_world(label: str) -> PrivateWorld:
         world = PrivateWorld(label)
         _live.append(world)
         return world
-
-
-@contextlib.contextmanager
-def scope(world: PrivateWorld):
-    """Make ``world`` current in this thread (and the tasks it starts) for the duration."""
-    token = _current_private.set(world)
-    try:
-        yield world
-    finally:
-        _current_private.reset(token)
-
-
-def in_private_scope() -> bool:
-    return _current_private.get() is not None
-
-
-def scoped_world() -> PrivateWorld | None:
-    """The private world current in this thread, if any."""
-    return _current_private.get()
 
 
 def release(world: PrivateWorld) -> None:

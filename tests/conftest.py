@@ -46,4 +46,4 @@ def pytest_sessionfinish(session, exitstatus):
     for test_file, outcomes in _outcomes.items():
         record(outcomes, Path(__file__).parents[1] / "compat_matrix.yaml", test_file,
                {"stock_outcome": "failure", **_details})
-    rewrite()  # the README's table follows the matrix
+    rewrite()  # docs/compatibility.md and the README's family summary follow the matrix

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from support.bare_env import FAKE_VLLM, clean_env, make_bare_env, run, run_case, site_packages
+from support.bare_env import FAKE_VLLM, clean_env, make_bare_env, site_packages
+from support.harness import run_python, run_snippet
 
 PRELUDE = textwrap.dedent(
     """
@@ -43,7 +44,7 @@ def py(tmp_path: Path, code: str, *, env_extra: dict | None = None, pythonpath: 
     env = clean_env(**(env_extra or {}))
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
-    return run_case(script, PRELUDE + textwrap.dedent(code), env=env, timeout=timeout, flags=flags, python=python)
+    return run_snippet(script, PRELUDE + textwrap.dedent(code), env=env, timeout=timeout, flags=flags, python=python)
 
 
 def shim_lines(stderr: str) -> list[str]:
@@ -463,12 +464,12 @@ def test_a_broken_install_never_stops_python_and_says_so_in_at_most_one_line(tmp
     _break(site_packages(bare) / "vllm_pg_shim", how)
     code = ["-c", "import sys; print('started', 'torch' in sys.modules)"]
     # the .pth is processed twice in a venv (lib and lib64): still one line
-    active = run(code, env=clean_env(VLLM_PG_SHIM="1", PYTHONPATH=str(FAKE_VLLM)), python=bare, timeout=30)
+    active = run_python(code, env=clean_env(VLLM_PG_SHIM="1", PYTHONPATH=str(FAKE_VLLM)), python=bare, timeout=30)
     assert active.returncode == 0 and active.stdout.strip() == "started False", active.stderr
     lines = active.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vllm-pg-shim: VLLM_PG_SHIM is set but the shim"), active.stderr
     assert "stays inactive" in lines[0]
-    unset = run(code, env=clean_env(PYTHONPATH=str(FAKE_VLLM)), python=bare, timeout=30)
+    unset = run_python(code, env=clean_env(PYTHONPATH=str(FAKE_VLLM)), python=bare, timeout=30)
     assert unset.returncode == 0 and unset.stdout.strip() == "started False" and unset.stderr == ""
 
 
@@ -483,7 +484,8 @@ def test_a_corrupt_or_missing_installed_matrix_at_startup_is_one_line_and_python
     stub.mkdir(parents=True)
     (stub / "__init__.py").write_text("raise ImportError('the stub torch is not for importing')\n")
     path = f"{FAKE_VLLM}:{stub.parent}"
-    out = run(["-c", "print('started')"], env=clean_env(VLLM_PG_SHIM="1", PYTHONPATH=path), python=bare, timeout=30)
+    out = run_python(["-c", "print('started')"], env=clean_env(VLLM_PG_SHIM="1", PYTHONPATH=path), python=bare,
+                     timeout=30)
     assert out.returncode == 0 and out.stdout.strip() == "started", out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "stays inactive" in lines[0], out.stderr

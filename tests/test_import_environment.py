@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_lifecycle import _fake_with_version, run_python
+from test_lifecycle import _fake_with_version, run_probe
 
 PROBE = """
 import json, os
@@ -23,7 +23,7 @@ print("RESULT " + json.dumps({"before": before, "installed": installed, "written
 
 def probe(tmp_path, version, user_value=None, import_vllm=False):
     env = {"NCCL_CUMEM_ENABLE": user_value} if user_value is not None else {}
-    r = run_python(PROBE.replace("IMPORT_VLLM", str(import_vllm)), env_extra=env,
+    r = run_probe(PROBE.replace("IMPORT_VLLM", str(import_vllm)), env_extra=env,
                    pythonpath=_fake_with_version(tmp_path, version), tmp_path=tmp_path)
     assert r["result"] is not None, r["log"]
     return r["result"]

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from support.harness import run_bounded
+from support.harness import run_python, run_snippet
 
 FAKE = Path(__file__).with_name("fake_vllm")
 
@@ -44,21 +43,16 @@ PROBE = textwrap.dedent(
 )
 
 
-def run_python(code: str, *, env_extra: dict | None = None, pythonpath: Path = FAKE, timeout: float = 60,
-               tmp_path: Path) -> dict:
+def run_probe(code: str, *, env_extra: dict | None = None, pythonpath: Path = FAKE, timeout: float = 60,
+              tmp_path: Path) -> dict:
+    """Run ``code`` after PROBE in a fresh interpreter with the fake vLLM on the path; it must exit 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_PG_SHIM")}
     env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), str(Path(__file__).parent)])
     env.update(env_extra or {})
-    script = tmp_path / "probe.py"
-    script.write_text(PROBE + "\n" + textwrap.dedent(code))
-    log = tmp_path / "probe.log"
-    returncode, timed_out, _, _ = run_bounded([sys.executable, str(script)], timeout=timeout, env=env,
-                                              log_path=log)
-    text = log.read_text()
-    assert not timed_out, f"probe hung:\n{text}"
-    assert returncode == 0, f"probe failed ({returncode}):\n{text}"
-    last = [line for line in text.splitlines() if line.startswith("RESULT ")]
-    return {"result": json.loads(last[-1][7:]) if last else None, "log": text}
+    out, result = run_snippet(tmp_path / "probe.py", PROBE + "\n" + textwrap.dedent(code), env=env, timeout=timeout)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, f"probe failed ({out.returncode}):\n{log}"
+    return {"result": result, "log": log}
 
 
 ALL_WRAPPED = {k: "ShimWrapper" for k in
@@ -69,7 +63,7 @@ ALL_PLAIN = {k: "function" for k in ALL_WRAPPED}
 
 @pytest.mark.parametrize("order", ["install-then-import", "import-then-install"])
 def test_install_wraps_every_binding_whatever_the_import_order(tmp_path, order):
-    r = run_python(
+    r = run_probe(
         f"""
         import vllm_pg_shim
         if {order!r} == "import-then-install":
@@ -84,7 +78,7 @@ def test_install_wraps_every_binding_whatever_the_import_order(tmp_path, order):
 
 
 def test_install_is_idempotent_and_never_double_wraps(tmp_path):
-    r = run_python(
+    r = run_probe(
         """
         import vllm_pg_shim
         import_all()
@@ -104,7 +98,7 @@ def test_install_is_idempotent_and_never_double_wraps(tmp_path):
 @pytest.mark.parametrize("order", ["import-install-uninstall", "install-import-uninstall",
                                    "half-install-rest-uninstall"])
 def test_uninstall_restores_every_original_exactly(tmp_path, order):
-    r = run_python(
+    r = run_probe(
         f"""
         import vllm_pg_shim
         order = {order!r}
@@ -137,7 +131,7 @@ def test_uninstall_restores_every_original_exactly(tmp_path, order):
 
 
 def test_reinstall_after_uninstall_wraps_again_and_old_hooks_stay_quiet(tmp_path):
-    r = run_python(
+    r = run_probe(
         """
         import vllm_pg_shim
         vllm_pg_shim.install(); vllm_pg_shim.uninstall(); vllm_pg_shim.install()
@@ -152,7 +146,7 @@ def test_reinstall_after_uninstall_wraps_again_and_old_hooks_stay_quiet(tmp_path
 
 
 def test_status_says_what_and_why(tmp_path):
-    r = run_python(
+    r = run_probe(
         """
         import vllm_pg_shim
         before = vllm_pg_shim.status()
@@ -189,7 +183,7 @@ def test_unknown_release_is_applied_when_its_shape_fits_else_refused(tmp_path, s
     if shape == "changed":  # vLLM stopped guarding its own init_process_group with is_initialized()
         ps = fake / "vllm" / "distributed" / "parallel_state.py"
         ps.write_text(ps.read_text().replace("if not torch.distributed.is_initialized():", "if True:"))
-    r = run_python(
+    r = run_probe(
         """
         import warnings
         import vllm_pg_shim
@@ -244,7 +238,7 @@ def test_corrupt_matrix_is_a_clear_error(tmp_path):
 
 
 def test_env_activation_at_startup_imports_nothing_heavy(tmp_path):
-    r = run_python(
+    r = run_probe(
         """
         import sys
         before = {m: m in sys.modules for m in ("torch", "vllm", "vllm_pg_shim")}
@@ -266,7 +260,7 @@ def test_env_activation_at_startup_imports_nothing_heavy(tmp_path):
 @pytest.mark.parametrize("value,warns", [("0", False), ("off", False), ("", False), ("OFF", False),
                                          ("yes", True), ("2", True)])
 def test_env_values_other_than_1_leave_the_shim_off(tmp_path, value, warns):
-    r = run_python(
+    r = run_probe(
         """
         import sys
         import vllm_pg_shim
@@ -291,18 +285,17 @@ def test_vllm_plugin_entry_point_is_registered():
 def test_doctor_runs_as_console_script_and_module(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_PG_SHIM")}
     env["PYTHONPATH"] = str(FAKE)
-    out = subprocess.run([sys.executable, "-m", "vllm_pg_shim", "doctor"], capture_output=True, text=True,
-                         env=env, timeout=60)
+    out = run_python(["-m", "vllm_pg_shim", "doctor"], env=env)
     assert out.returncode == 0, out.stderr
     assert "family         v1" in out.stdout and "WORLD here     none" in out.stdout
     script = Path(sys.executable).with_name("vllm-pg-shim")
-    out2 = subprocess.run([str(script), "doctor", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    out2 = run_python(["doctor", "--json"], env=env, python=script)
     assert out2.returncode == 0 and json.loads(out2.stdout)["family"] == "v1"
 
 
 @pytest.mark.parametrize("who", ["vllm", "host"])
 def test_install_after_a_world_exists_tells_vllms_own_world_from_a_foreign_one(tmp_path, who):
-    r = run_python(
+    r = run_probe(
         f"""
         import socket, torch.distributed as dist
         with socket.socket() as s:
@@ -323,7 +316,7 @@ def test_install_after_a_world_exists_tells_vllms_own_world_from_a_foreign_one(t
 
 
 def test_uninstall_while_vllm_uses_a_private_world_is_refused_and_changes_nothing(tmp_path):
-    r = run_python(
+    r = run_probe(
         """
         import socket, torch.distributed as dist
         def port():
@@ -353,7 +346,7 @@ def test_uninstall_while_vllm_uses_a_private_world_is_refused_and_changes_nothin
 
 
 def test_install_and_uninstall_from_many_threads_at_once_stay_consistent(tmp_path):
-    r = run_python(
+    r = run_probe(
         """
         import threading, vllm_pg_shim
         import_all()
@@ -374,7 +367,7 @@ def test_install_and_uninstall_from_many_threads_at_once_stay_consistent(tmp_pat
 
 
 def test_without_vllm_install_is_a_clear_error_and_env_activation_only_says_so(tmp_path):
-    r = run_python(
+    r = run_probe(
         """
         import vllm_pg_shim, vllm_pg_shim.families as f
         f.VLLM_DISTRIBUTIONS = ()   # as if no vLLM were installed
@@ -398,6 +391,6 @@ def test_interpreter_flags_with_env_activation(tmp_path, flag, active):
     code = ("import sys, json\n"
             "print(json.dumps(bool(sys.modules.get('vllm_pg_shim._lifecycle') and "
             "sys.modules['vllm_pg_shim._lifecycle'].installed())))")
-    out = subprocess.run([sys.executable, flag, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    out = run_python([flag, "-c", code], env=env)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) is active

@@ -122,8 +122,8 @@ def stock_failure(ranks, timed_out, rank) -> str | None:
 
 def test_pg_tier_stock_reproduces_the_failure(tmp_path, record_property):
     """Stock, vLLM on rank 0 of a host WORLD of 2 must fail: a hang (stopped) or the world-size error."""
-    returncode, timed_out, ranks, log, _ = run_pg(tmp_path, world=2, engines="0", activation="stock", timeout=SHIM_BOUND,
-                                                  stall_after=STOCK_BOUND)
+    returncode, timed_out, ranks, log, _ = run_pg(tmp_path, world=2, engines="0", activation="stock",
+                                                  timeout=SHIM_BOUND, stall_after=STOCK_BOUND)
     outcome = stock_failure(ranks, timed_out, 0)
     assert outcome, f"stock vLLM did not fail here:\n{log}"
     record_property("stock_outcome", outcome)

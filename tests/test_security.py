@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from support.bare_env import FAKE_VLLM, ROOT, clean_env, make_bare_env, run, run_case
+from support.bare_env import FAKE_VLLM, ROOT, clean_env, make_bare_env
+from support.harness import run_python, run_snippet
 
 HEAVY = ("torch", "vllm", "wrapt", "yaml", "packaging")
 
@@ -38,7 +39,7 @@ def result(**kw):
 
 def py(tmp_path: Path, code: str, *, env_extra: dict | None = None, timeout: float = 60, cwd: Path | None = None):
     env = clean_env(PYTHONPATH=str(FAKE_VLLM), **(env_extra or {}))
-    return run_case(tmp_path / "case.py", PRELUDE + code, env=env, timeout=timeout, cwd=cwd)
+    return run_snippet(tmp_path / "case.py", PRELUDE + code, env=env, timeout=timeout, cwd=cwd)
 
 
 def _loopback_usable(host: str) -> bool:
@@ -135,7 +136,7 @@ PROBE = ("import sys, json; print(json.dumps(sorted(m for m in sys.modules if m.
 
 
 def _imported_at_startup(python, env) -> tuple[list[str], list[str]]:
-    out = run(["-X", "importtime", "-c", PROBE], env=env, python=python, timeout=60)
+    out = run_python(["-X", "importtime", "-c", PROBE], env=env, python=python, timeout=60)
     assert out.returncode == 0, out.stderr
     timed = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
     assert len(timed) > 10, out.stderr   # -X importtime did report (the probe can see imports)
@@ -185,8 +186,8 @@ ps.init_distributed_environment(1, 0, "env://", backend="gloo")   # shares the h
 result(present=all(os.environ.get(k) == v for k, v in SECRETS.items()))
 """.replace("SECRETS", repr(SECRETS)), env_extra=env)
     assert out.returncode == 0 and res == {"present": True}, out.stderr
-    doctor = run(["-m", "vllm_pg_shim", "doctor", "--json"],
-                 env=clean_env(PYTHONPATH=str(FAKE_VLLM), **env), timeout=60)
+    doctor = run_python(["-m", "vllm_pg_shim", "doctor", "--json"],
+                        env=clean_env(PYTHONPATH=str(FAKE_VLLM), **env), timeout=60)
     assert doctor.returncode == 0, doctor.stderr
     everything = out.stdout + out.stderr + doctor.stdout + doctor.stderr
     # the run did say things: the start-up refusal, the private world, the timeout, the shared WORLD

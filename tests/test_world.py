@@ -26,7 +26,7 @@ def run_case(tmp_path, case, *, timeout=90, env_extra=None):
 
 
 def test_private_world_reuses_vllm_group_names_without_touching_the_hosts(tmp_path):
-    for rank, r in run_case(tmp_path, "isolated_names").items():
+    for r in run_case(tmp_path, "isolated_names").values():
         assert r["private_names"] == ["0", "1"]  # as in a clean vLLM process
         assert all(n.startswith("vllm_pg_shim.") for n in r["private_registry_names"])
         assert r["private_sub_name"].startswith("vllm_pg_shim.") and r["private_ok"]

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -54,43 +52,3 @@ def clean_env(**extra: str) -> dict:
            if not k.startswith(("VLLM_PG_SHIM", "PYTEST_")) and k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     env.update(extra)
     return env
-
-
-def run(args: list[str], *, env: dict, timeout: float = 60, cwd: Path | None = None,
-        python: str | Path = sys.executable) -> subprocess.CompletedProcess:
-    """Run ``python *args`` in its own session; on expiry the whole session is killed and the test fails."""
-    from support.harness import kill_tree
-
-    proc = subprocess.Popen([str(python), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=cwd, start_new_session=True, stdin=subprocess.DEVNULL)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(proc.pid)
-        out, err = proc.communicate()
-        raise AssertionError(f"{args!r} hung for {timeout}s:\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}")
-    finally:
-        kill_tree(proc.pid)  # anything it left behind in its session
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-# Appended to every case script: a host destroys its process group before it exits, as torch asks. Left alive,
-# torch's exit can abort ("terminate called without an active exception"): one of the group's gloo threads needs
-# the interpreter while it finalises. Seen with a host that had built two engines in turn, shim or no shim to blame.
-HOST_EXIT = """
-import sys as _sys
-if "torch.distributed" in _sys.modules and _sys.modules["torch.distributed"].is_initialized():
-    _sys.modules["torch.distributed"].destroy_process_group()
-"""
-
-
-def run_case(script: Path, code: str, *, env: dict, timeout: float = 60, cwd: Path | None = None,
-             flags: tuple = (), python: str | Path = sys.executable):
-    """Write ``code`` to ``script``, run it (see :func:`run`); returns (completed process, its last ``RESULT``
-    line as a dict, or None)."""
-    import json
-
-    script.write_text(code + HOST_EXIT)
-    out = run([*flags, str(script)], env=env, timeout=timeout, cwd=cwd, python=python)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    return out, (json.loads(lines[-1][7:]) if lines else None)

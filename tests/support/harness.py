@@ -1,6 +1,9 @@
-"""Runs multi-process scenarios under a hard timeout and kills their whole process tree.
+"""Runs Python snippets and multi-process scenarios under a hard timeout and kills their whole process tree.
 
-Every scenario runs in a new session (``start_new_session``), so what it forks or spawns, vLLM's engine
+:func:`run_python` and :func:`run_snippet` are the one way tests run Python in a fresh interpreter (a snippet
+reports its result on a ``RESULT <json>`` line); :func:`run_bounded` and :func:`run_scenario` run the
+multi-process scenarios, whose output goes to a log file. Every run is in a new session
+(``start_new_session``), so what it forks or spawns, vLLM's engine
 processes included, can be found and killed even after the parent died. The ranks report progress in
 ``rank<N>.json`` files; on a timeout the report names the ranks that never reached a stage.
 """
@@ -38,7 +41,7 @@ class Outcome:
 
     def describe(self) -> str:
         lines = [f"returncode={self.returncode} timed_out={self.timed_out} elapsed={self.elapsed:.1f}s"]
-        for rank, data in sorted(self.ranks.items()):
+        for rank in sorted(self.ranks):
             lines.append(f"  rank {rank}: {' > '.join(self.stages(rank))}")
         if self.leftovers:
             lines.append(f"  leftover processes (killed): {self.leftovers}")
@@ -93,7 +96,8 @@ EXIT_GRACE = 60.0
 
 
 def run_bounded(cmd: list[str], *, timeout: float, env: dict | None = None, cwd: Path | None = None,
-                log_path: Path, finished=None, exit_grace: float = EXIT_GRACE) -> tuple[int | None, bool, float, list[str]]:
+                log_path: Path, finished=None,
+                exit_grace: float = EXIT_GRACE) -> tuple[int | None, bool, float, list[str]]:
     """Run ``cmd`` for at most ``timeout`` seconds; once ``finished()`` is true (the work is done), the
     process gets ``exit_grace`` seconds more to exit, else it counts as hung at exit."""
     start = time.monotonic()
@@ -122,6 +126,44 @@ def run_bounded(cmd: list[str], *, timeout: float, env: dict | None = None, cwd:
         if returncode is None:
             proc.wait()
     return returncode, timed_out, time.monotonic() - start, [] if timed_out else leftovers
+
+
+def run_python(args: list[str], *, env: dict, timeout: float = 60, cwd: Path | None = None,
+               python: str | Path = sys.executable) -> subprocess.CompletedProcess:
+    """Run ``python *args`` in its own session, capturing stdout and stderr; on expiry the whole session is
+    killed and the test fails naming what hung. Whatever the run left behind in its session is killed too."""
+    proc = subprocess.Popen([str(python), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=cwd, start_new_session=True, stdin=subprocess.DEVNULL)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"{args!r} hung for {timeout}s:\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}") from None
+    finally:
+        kill_tree(proc.pid)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+# Appended to every snippet: a host destroys its process group before it exits, as torch asks. Left alive,
+# torch's exit can abort ("terminate called without an active exception"): one of the group's gloo threads needs
+# the interpreter while it finalises. Seen with a host that had built two engines in turn, shim or no shim to blame.
+HOST_EXIT = """
+import sys as _sys
+if "torch.distributed" in _sys.modules and _sys.modules["torch.distributed"].is_initialized():
+    _sys.modules["torch.distributed"].destroy_process_group()
+"""
+
+
+def run_snippet(script: Path, code: str, *, env: dict, timeout: float = 60, cwd: Path | None = None,
+                flags: tuple = (), python: str | Path = sys.executable):
+    """Write ``code`` to ``script`` and run it (see :func:`run_python`); returns (the completed process, its last
+    ``RESULT`` line as a dict, or None)."""
+    script.write_text(code + HOST_EXIT)
+    out = run_python([*flags, str(script)], env=env, timeout=timeout, cwd=cwd, python=python)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    return out, (json.loads(lines[-1][7:]) if lines else None)
 
 
 def scenario_env(activation: str, *, in_process: bool, extra: dict | None = None) -> dict:

@@ -189,7 +189,8 @@ def rank_main(rank: int, args) -> None:
             ps = import_parallel_state()
             _write(out, rank, stage="vllm_imported")
             forked = args.forked_workers[index]
-            workers = [_fork_worker(ps, out, rank, w, forked + 1, args.engine_ports[index]) for w in range(1, forked + 1)]
+            workers = [_fork_worker(ps, out, rank, w, forked + 1, args.engine_ports[index])
+                       for w in range(1, forked + 1)]
             try:
                 # --dp: the groups are the DP ranks of one deployment, meeting at one DP master port
                 dp = (len(args.engines), index, args.engine_ports[0]) if args.dp else None

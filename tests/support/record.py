@@ -1,20 +1,41 @@
-"""Writes what a real run showed into compat_matrix.yaml's ``results`` (the only writer of that section).
+"""Writes what a real run showed into compat_records.yaml (the only writer of that file), beside compat_matrix.yaml.
 
-Only the ``results:`` block at the end of the file is rewritten, so the comments and families above it stay.
+Each row names its test set: a hash of the tier's test files (:data:`TEST_SETS`) when the row was recorded, so a
+row from an older set of tests is visible as such (``python tests/support/record.py --stale`` lists them). Only
+the ``results:`` block at the end of the file is rewritten, so the comments above it stay.
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import fcntl
+import hashlib
 import importlib.metadata as md
 import platform
+import sys
 from pathlib import Path
 
 import yaml
 
+ROOT = Path(__file__).resolve().parents[2]
+RECORDS_PATH = ROOT / "compat_records.yaml"
+UNKNOWN_TEST_SET = "unknown"  # rows recorded before rows named their test set
+RECORDS_HEAD = """\
+# vllm-pg-shim's run records: what real runs showed, one row per release and tier (version, distribution, torch,
+# tier, machine, date, stock, shim, tests, test_set). Written only by recording sessions (pytest --record-matrix,
+# through tests/support/record.py), never by hand for a run that did not happen. The tiers, the families and the
+# releases they cover are in compat_matrix.yaml; this file is not part of the installed package.
+#
+# test_set: the first 12 hex digits of the SHA-256 of the tier's test files when the row was recorded
+#   (tests/support/record.py TEST_SETS: e.g. tests/test_pg_tier.py and tests/support/pg_scenario.py for pg-gloo);
+#   "unknown" for rows recorded before rows named their test set. `python tests/support/record.py --stale` lists
+#   the rows whose test set is not the current one.
+"""
+
 TIERS = {  # test file -> (tier, stock tests and what their passing shows)
     "test_e2e_seed.py": ("e2e-cpu", {
-        "test_stock_in_process_engine_deadlocks": "in-process engine: deadlock in init_world_group (stopped after 75 s)",
+        "test_stock_in_process_engine_deadlocks":
+            "in-process engine: deadlock in init_world_group (stopped after 75 s)",
         "test_stock_engine_process_child_never_exits": "engine process: the torch.mp child never exits (stopped)",
     }),
     "test_pg_tier.py": ("pg-gloo", {
@@ -32,6 +53,40 @@ TIERS = {  # test file -> (tier, stock tests and what their passing shows)
         "test_gpu1x_trl_colocate[stock]": "{gpu1x_stock_colocate}",
     }),
 }
+
+
+# tier -> the files whose content is the tier's test set (the test module and the scenario it runs)
+TEST_SETS = {
+    "e2e-cpu": ("tests/test_e2e_seed.py", "tests/support/seed_scenario.py", "tests/support/tiny_model.py"),
+    "pg-gloo": ("tests/test_pg_tier.py", "tests/support/pg_scenario.py"),
+    "gpu-2x": ("tests/test_gpu.py", "tests/support/seed_scenario.py", "tests/support/tiny_model.py"),
+    "gpu-1x": ("tests/test_gpu_1x.py", "tests/support/gpu_scenario.py", "tests/support/seed_scenario.py",
+               "tests/support/tiny_model.py"),
+}
+
+
+def test_set(tier: str, root: Path = ROOT) -> str:
+    """The first 12 hex digits of the SHA-256 of the tier's test files (each one's path and content)."""
+    digest = hashlib.sha256()
+    for name in TEST_SETS[tier]:
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def records_path(matrix: Path) -> Path:
+    """Where the rows of ``matrix`` (a compat_matrix.yaml, or the records file itself) are kept."""
+    return matrix if matrix.name == RECORDS_PATH.name else matrix.with_name(RECORDS_PATH.name)
+
+
+def load_records(path: Path = RECORDS_PATH) -> list[dict]:
+    """Every recorded run (``path``: compat_records.yaml, or the compat_matrix.yaml beside it)."""
+    return (yaml.safe_load(records_path(path).read_text()) or {}).get("results") or []
+
+
+def stale(rows: list[dict] | None = None, root: Path = ROOT) -> list[dict]:
+    """The rows not recorded with their tier's current test set (unknown sets included)."""
+    current = {tier: test_set(tier, root) for tier in TEST_SETS}
+    return [r for r in (load_records() if rows is None else rows) if r.get("test_set") != current.get(r["tier"])]
 
 
 def _machine(tier: str) -> str:
@@ -76,17 +131,71 @@ def record(outcomes: dict[str, str], matrix: Path, test_file: str, details: dict
     skipped = sum(v == "skipped" for v in outcomes.values())
     if skipped:
         entry["tests"] += f", {skipped} skipped"
-    with open(matrix.with_suffix(".lock"), "w") as lock:  # sessions may record side by side
+    entry["test_set"] = test_set(tier, records_path(matrix).parent)
+    with open(matrix.with_name("compat_matrix.lock"), "w") as lock:  # sessions may record side by side
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _write_entry(matrix, entry, version, tier)
+        migrate(records_path(matrix).with_name("compat_matrix.yaml"))
+        return _write_entry(records_path(matrix), entry, version, tier)
 
 
-def _write_entry(matrix: Path, entry: dict, version: str, tier: str) -> dict:
-    text = matrix.read_text()
+def _split(path: Path) -> tuple[str, list[dict]]:
+    """A file's text before its ``results:`` block, and the block's rows."""
+    text = path.read_text()
     head, _, _ = text.partition("\nresults:")
-    results = (yaml.safe_load(text) or {}).get("results") or []
-    results = [r for r in results if not (r["version"] == version and r["tier"] == tier)] + [entry]
-    results.sort(key=lambda r: (r["tier"], [int(p) if p.isdigit() else p for p in r["version"].split(".")]))
-    matrix.write_text(head + "\nresults:\n" + yaml.safe_dump(results, sort_keys=False, default_flow_style=False))
+    return head, (yaml.safe_load(text) or {}).get("results") or []
+
+
+def _write_rows(path: Path, head: str, rows: list[dict]) -> None:
+    rows = sorted(rows, key=lambda r: (r["tier"], [int(p) if p.isdigit() else p for p in r["version"].split(".")]))
+    path.write_text(head + "\nresults:\n" + yaml.safe_dump(rows, sort_keys=False, default_flow_style=False))
+
+
+def _write_entry(records: Path, entry: dict, version: str, tier: str) -> dict:
+    head, rows = _split(records)
+    _write_rows(records, head, [r for r in rows if not (r["version"] == version and r["tier"] == tier)] + [entry])
     return entry
+
+
+def migrate(matrix: Path = ROOT / "compat_matrix.yaml") -> int:
+    """Move rows still in ``matrix``'s ``results:`` (written by a recorder from before compat_records.yaml, e.g.
+    on a branch merged since) into compat_records.yaml, their test set unknown where they name none. Such a row
+    replaces the record of its release and tier unless it is that same record. Returns how many moved."""
+    if not matrix.exists() or "\nresults:" not in matrix.read_text():
+        return 0
+    head, rows = _split(matrix)
+    records = records_path(matrix)
+    if not records.exists():
+        records.write_text(RECORDS_HEAD + "\nresults: []\n")
+    records_head, kept = _split(records)
+
+    def run(row: dict) -> dict:
+        return {k: v for k, v in row.items() if k != "test_set"}
+
+    have = {(r["version"], r["tier"]): r for r in kept}
+    moved = [{**r, "test_set": r.get("test_set", UNKNOWN_TEST_SET)} for r in rows
+             if (r["version"], r["tier"]) not in have or run(have[(r["version"], r["tier"])]) != run(r)]
+    replaced = {(r["version"], r["tier"]) for r in moved}
+    _write_rows(records, records_head, [r for r in kept if (r["version"], r["tier"]) not in replaced] + moved)
+    matrix.write_text(head.rstrip("\n") + "\n")
+    return len(moved)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stale", action="store_true", help="list rows not recorded with the current test sets")
+    parser.add_argument("--migrate", action="store_true",
+                        help="move rows left in compat_matrix.yaml's results: into compat_records.yaml")
+    args = parser.parse_args(argv)
+    if args.migrate:
+        print(f"moved {migrate()} row(s) into {RECORDS_PATH.name}")
+    if args.stale:
+        current = {tier: test_set(tier) for tier in TEST_SETS}
+        print("current test sets: " + ", ".join(f"{t} {h}" for t, h in current.items()))
+        for r in stale():
+            print(f"{r['tier']:<8} {r['version']:<12} {r['date']}  test set {r.get('test_set', UNKNOWN_TEST_SET)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 

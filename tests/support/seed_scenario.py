@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -125,7 +124,7 @@ def train(steps: int, rank: int, trainers: list[int], group, device) -> dict:
 
     expected = float(sum(r + 1 for r in trainers))
     wrong = 0
-    for step in range(steps):
+    for _ in range(steps):
         t = torch.full((64,), float(rank + 1), device=device)
         dist.all_reduce(t, group=group)
         wrong += int(not bool((t == expected).all()))
@@ -241,7 +240,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--world", type=int, default=2)
     p.add_argument("--engine-ranks", type=lambda s: [int(x) for x in s.split(",") if x], default=[0])
-    p.add_argument("--activation", choices=["stock", "install", "install-late", "env", "clean", "clean-shim"], default="stock")
+    p.add_argument("--activation", choices=["stock", "install", "install-late", "env", "clean", "clean-shim"],
+                   default="stock")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--cycles", type=int, default=1)
     p.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")

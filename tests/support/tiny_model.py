@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_DIR = Path(os.environ.get("VLLM_PG_SHIM_CACHE", Path.home() / ".cache" / "vllm-pg-shim")) / "models" / "tiny-llama"
+CACHE = Path(os.environ.get("VLLM_PG_SHIM_CACHE", Path.home() / ".cache" / "vllm-pg-shim"))
+DEFAULT_DIR = CACHE / "models" / "tiny-llama"
 
 
 def ensure_tiny_model(path: Path = DEFAULT_DIR) -> Path:

@@ -5,7 +5,6 @@ torch.multiprocessing; each rank runs ``CASE`` and writes ``rank<N>.json`` (a ``
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading

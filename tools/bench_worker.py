@@ -1,4 +1,4 @@
-"""One measurement of the benchmark (tests/support/bench.py), in a process of its own.
+"""One measurement of the benchmark (tools/bench.py), in a process of its own.
 
 Run as a script: ``bench_worker.py CASE --out FILE.json [options]``; it writes what it measured into FILE.json.
 Every case runs in a fresh interpreter, so no case pays for, or profits from, what an earlier one loaded.
@@ -29,9 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-SUPPORT = Path(__file__).resolve().parent
-if str(SUPPORT.parent) not in sys.path:
-    sys.path.insert(0, str(SUPPORT.parent))
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # the tests' scenarios, as package "support"
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
 
 # The throughput batch: 16 prompts of 16 token ids each, 32 tokens generated for every prompt.
 BATCH_PROMPTS = [[(7 * p + 13 * i) % 500 + 3 for i in range(16)] for p in range(16)]

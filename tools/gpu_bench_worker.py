@@ -1,17 +1,14 @@
 """bench_worker.py's ``engine`` and ``seed`` cases on a model of a real size: a Llama-3-8B-shaped config with
 ``load_format="dummy"`` (random weights of the true shapes, nothing downloaded) and a batch that keeps an H200
-busy. Run by tests/support/gpu_bench.py, as bench.py runs bench_worker.py.
+busy. Run by tools/gpu_bench.py, as bench.py runs bench_worker.py.
 
 The changes are made at import, so the seed case's ranks (spawned: they import this file again as
 ``__mp_main__``) build the same engine as the clean processes.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support import bench_worker, seed_scenario  # noqa: E402
+import bench_worker  # tools/, beside this file; it puts tests/ on sys.path (package "support")
+from support import seed_scenario
 
 # The share of the H200 (about 140 GiB) each engine takes: 16 GiB of bf16 weights, the rest mostly KV cache.
 GPU_MEMORY_UTILIZATION = 0.3
