@@ -41,10 +41,10 @@ def clean(tmp_path_factory, model):
 
 
 def run_shape(out: Path, model: Path, shape: str, activation: str, *, world: int, tp: int = 1,
-              timeout: float = 300, extra_env: dict | None = None) -> Outcome:
+              timeout: float = 300, in_process: bool = True, extra_env: dict | None = None) -> Outcome:
     cmd = [sys.executable, str(SCENARIO), "--shape", shape, "--model", str(model), "--out", str(out),
            "--world", str(world), "--tp", str(tp)]
-    env = scenario_env("env" if activation == "shim" else "stock", in_process=True, extra=extra_env)
+    env = scenario_env("env" if activation == "shim" else "stock", in_process=in_process, extra=extra_env)
 
     def all_done() -> bool:
         ranks = _read_ranks(out)
@@ -113,7 +113,9 @@ def check_trl_colocate(out: Outcome, clean: dict, world: int, tp: int) -> None:
                 assert data[when]["batch_tokens"] == pair["batch_tokens"] == clean[when][data[when]["batch"]]
         assert data["train_exact"], data
         assert_host_went_on(data)
-        worlds = data["shim_status"]["world"]
+        holding = status_at(data, "status_with_engine")
+        assert [(w["size"], w["rank"]) for w in holding["private_worlds"]] == [(tp, rank % tp)], holding
+        worlds = status_at(data)
         assert worlds["host_world"] == "foreign" and worlds["private_worlds"] == [], worlds  # released at del
 
 
@@ -135,3 +137,100 @@ def test_trl_colocate_stock(tmp_path, model, request, shape):
     tp = TRL[shape]
     out = run_shape(tmp_path, model, "trl-colocate", "stock", world=2 * tp, tp=tp, timeout=240 + 120 * tp)
     record(request, shape, "stock", observed(out, 2 * tp))
+
+
+# --- the other shapes: (world, tp, in process, timeout) and what passing means ---------------------------------
+
+
+def status_at(data: dict, key: str = "shim_status") -> dict:
+    """The shim's view of the rank's worlds: at its end, or ``status_with_engine`` while it held its engine."""
+    return data[key]["world"]
+
+
+def check_trl_rank0_engine(out: Outcome, clean: dict) -> None:
+    assert_clean_exit(out, 2)
+    for rank, data in out.ranks.items():
+        for when in ("before", "after"):
+            assert data[when]["mine"] == clean[when]["0,1"][rank:rank + 1], (rank, when, data[when])
+        assert data["train_exact"], data
+        assert_host_went_on(data)
+    # the main process's engine has a private world of 1; the other rank has none
+    assert [(w["size"], w["rank"]) for w in status_at(out.ranks[0])["private_worlds"]] == [(1, 0)]
+    assert status_at(out.ranks[1])["private_worlds"] == []
+
+
+def check_verl_spmd(out: Outcome, clean: dict) -> None:
+    assert_clean_exit(out, 2)
+    for rank, data in out.ranks.items():
+        assert data["before"]["batch_tokens"] == clean["before"]["0,1"], data["before"]
+        assert data["after"]["batch_tokens"] == clean["after"]["0,1"], data["after"]
+        assert data["train_exact"] and data["meshes_after_delete"], data
+        assert_host_went_on(data)
+        # TP = WORLD over env://: vLLM's own sharing of the host's WORLD, left alone (no private world)
+        assert status_at(data, "status_with_engine")["private_worlds"] == [], data["status_with_engine"]
+        assert status_at(data)["private_worlds"] == [], data["shim_status"]
+
+
+def check_torchtitan_rl(out: Outcome, clean: dict) -> None:
+    assert_clean_exit(out, 2)
+    for rank, data in out.ranks.items():
+        assert data["step_0"]["batch_tokens"] == data["step_1"]["batch_tokens"] == clean["before"]["0,1"]
+        assert data["world_all_reduce_ok"] and (data["host_rank"], data["host_world_size"]) == (rank, 2), data
+        # vLLM made the WORLD: the shim passes straight through
+        worlds = status_at(data)
+        assert worlds["host_world"] == "vllm" and worlds["private_worlds"] == [] and not worlds["router_installed"]
+
+
+def check_side_channel(out: Outcome, clean: dict) -> None:
+    assert_clean_exit(out, 2)
+    engine = out.ranks[1]
+    assert engine["before"]["mine"] == clean["before"]["1"] and engine["after"]["mine"] == clean["after"]["1"]
+    for data in out.ranks.values():
+        assert data["train_exact"], data
+        assert_host_went_on(data)
+
+
+def check_torchrun_dp(out: Outcome, clean: dict) -> None:
+    assert_clean_exit(out, 2)
+    for rank, data in out.ranks.items():
+        assert data["dp_rank"] == rank, data
+        assert data["before"]["batch_tokens"] == clean["before"][data["before"]["batch"]], data["before"]
+        assert_host_went_on(data)
+        # vLLM's world (TP x DP) is the host's: it stays on the host's WORLD, as vLLM intends (KV caches as stock's)
+        assert status_at(data, "status_with_engine")["private_worlds"] == [], data["status_with_engine"]
+        assert status_at(data)["private_worlds"] == [], data["shim_status"]
+
+
+def check_lamorel(out: Outcome, clean: dict) -> None:
+    assert_clean_exit(out, 3)
+    rounds = out.ranks[0]["rounds"]
+    assert rounds == [[clean["before"]["0"], clean["before"]["2"]], [clean["before"]["1"], clean["before"]["3"]]]
+    assert out.ranks[0]["rl_exact"] and all(out.ranks[r]["llm_exact"] for r in (1, 2)), out.describe()
+
+
+OTHERS = {  # shape -> (world, tp, in process, timeout, check)
+    "trl-rank0-engine": (2, 1, True, 300, check_trl_rank0_engine),
+    "verl-spmd": (2, 2, True, 360, check_verl_spmd),
+    "torchtitan-rl": (2, 2, True, 360, check_torchtitan_rl),
+    "weight-sync-side-channel": (2, 1, True, 300, check_side_channel),
+    "torchrun-dp": (2, 1, True, 360, check_torchrun_dp),
+    # Lamorel leaves VLLM_ENABLE_V1_MULTIPROCESSING alone: vLLM's default, an engine process per server
+    "lamorel": (3, 1, False, 420, check_lamorel),
+}
+
+
+@pytest.mark.parametrize("shape", OTHERS)
+def test_framework_shape(tmp_path, model, clean, request, shape):
+    world, tp, in_process, timeout, check = OTHERS[shape]
+    out = run_shape(tmp_path, model, shape, "shim", world=world, tp=tp, in_process=in_process, timeout=timeout)
+    record(request, shape, "shim", observed(out, world))
+    check(out, clean)
+
+
+@pytest.mark.stock_frameworks
+@pytest.mark.parametrize("shape", OTHERS)
+def test_framework_shape_stock(tmp_path, model, request, shape):
+    world, tp, in_process, timeout, _ = OTHERS[shape]
+    out = run_shape(tmp_path, model, shape, "stock", world=world, tp=tp, in_process=in_process,
+                    timeout=min(timeout, 300))
+    record(request, shape, "stock", observed(out, world))
