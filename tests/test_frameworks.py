@@ -88,6 +88,16 @@ def record(request, shape: str, side: str, outcome: str) -> None:
         write(shape, side, outcome)
 
 
+def passes(request, shape: str, out: Outcome, world: int, check) -> None:
+    """The shim's run must pass ``check``; recorded as ``pass``, or as a failure with what the run did."""
+    try:
+        check()
+    except AssertionError:
+        record(request, shape, "shim", f"fail: {observed(out, world)}")
+        raise
+    record(request, shape, "shim", "pass")
+
+
 def assert_clean_exit(out: Outcome, world: int) -> None:
     assert not out.timed_out and out.returncode == 0, out.describe()
     assert out.leftovers == [], out.describe()
@@ -127,8 +137,7 @@ def test_trl_colocate(tmp_path, model, clean, request, shape):
     tp = TRL[shape]
     world = 2 * tp
     out = run_shape(tmp_path, model, "trl-colocate", "shim", world=world, tp=tp, timeout=240 + 120 * tp)
-    record(request, shape, "shim", observed(out, world))
-    check_trl_colocate(out, clean, world, tp)
+    passes(request, shape, out, world, lambda: check_trl_colocate(out, clean, world, tp))
 
 
 @pytest.mark.stock_frameworks
@@ -223,8 +232,7 @@ OTHERS = {  # shape -> (world, tp, in process, timeout, check)
 def test_framework_shape(tmp_path, model, clean, request, shape):
     world, tp, in_process, timeout, check = OTHERS[shape]
     out = run_shape(tmp_path, model, shape, "shim", world=world, tp=tp, in_process=in_process, timeout=timeout)
-    record(request, shape, "shim", observed(out, world))
-    check(out, clean)
+    passes(request, shape, out, world, lambda: check(out, clean))
 
 
 @pytest.mark.stock_frameworks

@@ -32,11 +32,36 @@ SHAPES = {
     "trl-colocate": Shape(
         "TRL GRPO, colocate", "2 ranks; every rank an in-process `external_launcher` engine (TP=1, `seed=rank`); "
         "weight push with `load_weights`; train all-reduce; `del llm; gc.collect()`; then the host's WORLD and a "
-        "new group", "huggingface/trl trl/generation/vllm_generation.py", "test_trl_colocate"),
+        "new group", "huggingface/trl trl/generation/vllm_generation.py", "test_trl_colocate[trl-colocate]"),
     "trl-colocate-tp2": Shape(
         "TRL GRPO, colocate, TP=2", "4 ranks; `new_subgroups_by_enumeration([[0,1],[2,3]])`; two TP=2 "
         "`external_launcher` engines; prompts all-gathered over the TP group; weight push; `del llm`; the host "
-        "goes on", "huggingface/trl trl/generation/vllm_generation.py", "test_trl_colocate_tp2"),
+        "goes on", "huggingface/trl trl/generation/vllm_generation.py", "test_trl_colocate[trl-colocate-tp2]"),
+    "trl-rank0-engine": Shape(
+        "TRL ≤ 0.16 GRPO", "2 ranks; rank 0 alone builds an in-process engine under a patched "
+        "`get_world_size() == 1`; prompts gathered, completions broadcast; weight push; all-reduce; a new group",
+        "huggingface/trl trl/trainer/grpo_trainer.py (v0.16.0)", "test_framework_shape[trl-rank0-engine]"),
+    "verl-spmd": Shape(
+        "verl SPMD rollout", "2 ranks; `init_device_mesh` (fsdp; dp, infer_tp, infer_pp) first; every rank an "
+        "`external_launcher` engine with TP = WORLD; weight push; meshes used; `del llm`; the host goes on",
+        "volcengine/verl verl/workers/rollout/vllm_rollout/vllm_rollout_spmd.py (fd893c788^)",
+        "test_framework_shape[verl-spmd]"),
+    "torchtitan-rl": Shape(
+        "torchtitan RL", "2 ranks; no host `init_process_group`: vLLM's `external_launcher` (TP=2) makes the WORLD, "
+        "the host adopts it (`new_group`, `broadcast_object_list` each step), closes without vLLM's shutdown",
+        "pytorch/torchtitan torchtitan/experiments/rl/actors/generator.py", "test_framework_shape[torchtitan-rl]"),
+    "weight-sync-side-channel": Shape(
+        "weight-sync side channel (OpenRLHF, prime-rl)", "2 ranks; in-process engine on rank 1; vLLM's "
+        "`StatelessProcessGroup` between the ranks; a weight delta broadcast and applied with `collective_rpc`",
+        "OpenRLHF/OpenRLHF openrlhf/trainer/ray/vllm_worker_wrap.py", "test_framework_shape[weight-sync-side-channel]"),
+    "torchrun-dp": Shape(
+        "vLLM's torchrun data-parallel example", "2 ranks after a host `init_process_group`; every rank an "
+        "`external_launcher` engine, TP=1, `data_parallel_size=2`; `del llm`; the host goes on",
+        "vllm-project/vllm examples/offline_inference/torchrun_dp_example.py", "test_framework_shape[torchrun-dp]"),
+    "lamorel": Shape(
+        "Lamorel", "3 ranks (env://); subgroups rl, llm, rl_llm first; ranks 1, 2 build engines (vLLM's default "
+        "executor) while rank 0 waits in `gather_object`; rounds of requests; servers `sys.exit()` holding engines",
+        "flowersteam/lamorel lamorel/src/lamorel/server/server.py (vllm-integration)", "test_framework_shape[lamorel]"),
 }
 
 
@@ -61,7 +86,7 @@ def record(shape: str, side: str, outcome: str) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = load()
         row = data.setdefault("results", {}).setdefault(shape, {})
-        row[side] = {"outcome": outcome, "vllm": _vllm(), "torch": torch.__version__,
+        row[side] = {"outcome": outcome, "vllm": _vllm(), "torch": str(torch.__version__),
                      "date": datetime.date.today().isoformat()}
         header = ("# What real runs of tests/test_frameworks.py showed, per framework shape (stock: the opt-in\n"
                   "# `-m stock_frameworks` tests). Written by `--record-frameworks`; never by hand.\n")
