@@ -95,7 +95,10 @@ def _meet_on_host_store(private, call: dict, block: tuple[int, int]) -> tuple[di
                                            c10d._get_default_store())
     private.rendezvous_where = (f"the host's store (engine block {index}: host ranks "
                                 f"{index * size}-{index * size + size - 1}, engine {generation} there)")
-    return {**call, "rank": rank}, f"vllm_pg_shim-launcher-{size}-{index}-{generation}"
+    # env://'s port tells this host job from any other on the machine (and from a killed earlier run, whose
+    # host-wide resources may outlive it)
+    job = os.environ.get("MASTER_PORT", "")
+    return {**call, "rank": rank}, f"vllm_pg_shim-{job}-launcher-{size}-{index}-{generation}"
 
 
 _named: dict[str, tuple[str, str]] = {}  # naming variable -> (vLLM's value, the value the shim wrote over it)
@@ -106,7 +109,7 @@ def name_after_meeting_place(family_module, place: str) -> None:
     environment variables it derives such names from, ``HOST_WIDE_NAME_VARIABLES``). Every launcher block
     numbers its ranks from 0 and vLLM's method, ``env://``, is the same for all of them, so two blocks on one
     host would claim the same names (stock, the ranks were the host's and differed). The variables get the
-    place where this block met, which every member knows and no other block shares."""
+    place where this block met, which every member knows and no other block (of this job or another) shares."""
     for variable in getattr(family_module, "HOST_WIDE_NAME_VARIABLES", ()):
         value = os.environ.get(variable)
         if value is None:
