@@ -168,15 +168,18 @@ def check_trl_rank0_engine(out: Outcome, clean: dict) -> None:
     assert status_at(out.ranks[1])["private_worlds"] == []
 
 
-def check_verl_spmd(out: Outcome, clean: dict) -> None:
-    assert_clean_exit(out, 2)
+def check_verl_spmd(out: Outcome, clean: dict, world: int = 2) -> None:
+    assert_clean_exit(out, world)
     for rank, data in out.ranks.items():
-        assert data["before"]["batch_tokens"] == clean["before"]["0,1"], data["before"]
-        assert data["after"]["batch_tokens"] == clean["after"]["0,1"], data["after"]
+        batch = data["before"]["batch"]
+        assert data["before"]["batch_tokens"] == clean["before"][batch], data["before"]
+        assert data["after"]["batch_tokens"] == clean["after"][batch], data["after"]
         assert data["train_exact"] and data["meshes_after_delete"], data
         assert_host_went_on(data)
-        # TP = WORLD over env://: vLLM's own sharing of the host's WORLD, left alone (no private world)
-        assert status_at(data, "status_with_engine")["private_worlds"] == [], data["status_with_engine"]
+        # TP = WORLD over env://: vLLM's own sharing of the host's WORLD, left alone (no private world); dp × tp:
+        # a private world per TP block of the host's ranks
+        private = [(w["size"], w["rank"]) for w in status_at(data, "status_with_engine")["private_worlds"]]
+        assert private == ([] if world == 2 else [(2, rank % 2)]), data["status_with_engine"]
         assert status_at(data)["private_worlds"] == [], data["shim_status"]
 
 
@@ -223,12 +226,21 @@ OTHERS = {  # shape -> (world, tp, in process, timeout, check)
     "torchtitan-rl": (2, 2, True, 360, check_torchtitan_rl),
     "weight-sync-side-channel": (2, 1, True, 300, check_side_channel),
     "torchrun-dp": (2, 1, True, 360, check_torchrun_dp),
+    # verl's variant on 4 ranks (dp=2 x tp=2): like TRL's TP=2 pairs with device meshes; slow (CI's time budget)
+    "verl-spmd-dp2": (4, 2, True, 480, lambda out, clean: check_verl_spmd(out, clean, world=4)),
     # Lamorel leaves VLLM_ENABLE_V1_MULTIPROCESSING alone: vLLM's default, an engine process per server
     "lamorel": (3, 1, False, 420, check_lamorel),
 }
 
 
-@pytest.mark.parametrize("shape", OTHERS)
+SLOW = {"verl-spmd-dp2"}
+
+
+def shapes(*marks):
+    return [pytest.param(shape, marks=[*marks, *([pytest.mark.slow] if shape in SLOW else [])]) for shape in OTHERS]
+
+
+@pytest.mark.parametrize("shape", shapes())
 def test_framework_shape(tmp_path, model, clean, request, shape):
     world, tp, in_process, timeout, check = OTHERS[shape]
     out = run_shape(tmp_path, model, shape, "shim", world=world, tp=tp, in_process=in_process, timeout=timeout)
@@ -236,7 +248,7 @@ def test_framework_shape(tmp_path, model, clean, request, shape):
 
 
 @pytest.mark.stock_frameworks
-@pytest.mark.parametrize("shape", OTHERS)
+@pytest.mark.parametrize("shape", shapes())
 def test_framework_shape_stock(tmp_path, model, request, shape):
     world, tp, in_process, timeout, _ = OTHERS[shape]
     out = run_shape(tmp_path, model, shape, "stock", world=world, tp=tp, in_process=in_process,

@@ -46,6 +46,11 @@ SHAPES = {
         "`external_launcher` engine with TP = WORLD; weight push; meshes used; `del llm`; the host goes on",
         "volcengine/verl verl/workers/rollout/vllm_rollout/vllm_rollout_spmd.py (fd893c788^)",
         "test_framework_shape[verl-spmd]"),
+    "verl-spmd-dp2": Shape(
+        "verl SPMD rollout, dp=2 × tp=2", "4 ranks; meshes (dp=2, infer_tp=2, infer_pp=1); every rank an "
+        "`external_launcher` TP=2 engine, each DP rank's pair generating its prompts; weight push; `del llm` "
+        "(marked `slow`)", "volcengine/verl verl/workers/rollout/vllm_rollout/vllm_rollout_spmd.py (fd893c788^)",
+        "test_framework_shape[verl-spmd-dp2]"),
     "torchtitan-rl": Shape(
         "torchtitan RL", "2 ranks; no host `init_process_group`: vLLM's `external_launcher` (TP=2) makes the WORLD, "
         "the host adopts it (`new_group`, `broadcast_object_list` each step), closes without vLLM's shutdown",

@@ -180,7 +180,8 @@ def trl_rank0_engine(out: Path, rank: int, world: int, tp: int) -> None:
 
 
 def verl_spmd(out: Path, rank: int, world: int, tp: int) -> None:
-    """verl's SPMD rollout: device meshes first, then every rank an ``external_launcher`` engine with TP = WORLD.
+    """verl's SPMD rollout: device meshes first, then every rank an ``external_launcher`` engine with TP = WORLD
+    (or dp × tp = WORLD, each DP rank's TP ranks generating that DP rank's prompts).
 
     Imitates volcengine/verl verl/workers/fsdp_workers.py (``init_process_group`` over RANK/WORLD_SIZE and
     DIST_INIT_METHOD; ``_build_rollout``: ``init_device_mesh`` (dp, infer_tp, infer_pp), ``manual_seed(dp_rank +
@@ -205,13 +206,15 @@ def verl_spmd(out: Path, rank: int, world: int, tp: int) -> None:
     llm = LLM(args.model, tensor_parallel_size=tp, distributed_executor_backend="external_launcher",
               disable_custom_all_reduce=True, load_format="auto", seed=0, max_num_seqs=4, **engine_kwargs())
     _write(out, rank, stage="engine_built", **shim_status("status_with_engine"))
-    batch = (0, 1)  # verl dispatches the same prompts to every TP rank of a DP rank
-    _write(out, rank, stage="generated", before={"batch_tokens": generate(llm, batch)})
+    dp_rank = rollout_mesh["dp"].get_local_rank()
+    batch = (2 * dp_rank, 2 * dp_rank + 1)  # verl dispatches the same prompts to every TP rank of a DP rank
+    _write(out, rank, stage="generated", before={"batch": batch_key(batch), "batch_tokens": generate(llm, batch)})
     model = llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
     model.load_weights([(EMBEDDING, new_embedding())])
     _write(out, rank, stage="generated_after_push", after={"batch_tokens": generate(llm, batch)})
+    tp_members = [dp_rank * tp + i for i in range(tp)]  # the mesh is (dp, infer_tp, infer_pp), row-major
     meshes_ok = (exact_all_reduce(rank, world, fsdp_mesh.get_group()) and
-                 exact_all_reduce(rank, world, rollout_mesh.get_group("infer_tp"), list(range(world))))
+                 exact_all_reduce(rank, world, rollout_mesh.get_group("infer_tp"), tp_members))
     _write(out, rank, stage="trained", train_exact=meshes_ok)
     del llm
     gc.collect()
@@ -366,6 +369,7 @@ def lamorel(out: Path, rank: int, world: int, tp: int) -> None:
 
 
 SHAPES = {"trl-colocate": trl_colocate, "trl-rank0-engine": trl_rank0_engine, "verl-spmd": verl_spmd,
+          "verl-spmd-dp2": verl_spmd,
           "torchtitan-rl": torchtitan_rl, "weight-sync-side-channel": weight_sync_side_channel,
           "torchrun-dp": torchrun_dp, "lamorel": lamorel}
 
