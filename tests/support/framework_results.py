@@ -80,8 +80,11 @@ NOTES = """What the shim does in these shapes:
 - `external_launcher` on aligned blocks smaller than the host's WORLD (TRL colocate: TP=1 on every rank, TP=2
   pairs): one private world per block, whose members meet in the host's store. vLLM's host-wide names (the CPU
   build's shared-memory segments, from `VLLM_DIST_IDENT` and the group's ranks) carry the block's meeting place
-  and the job's `MASTER_PORT`, so blocks never collide. Each block measures its own free memory: on a GPU shared
-  by several blocks the KV caches differ from stock's (stock takes the minimum across the host's ranks).
+  and the job's `MASTER_PORT`, so blocks never collide. Each block measures its own free memory, where stock
+  takes the minimum across the host's ranks: on one GPU shared by two TP=1 ranks (vLLM 0.20.0, H200, measured
+  for issue 12) rank 1 got 0.72 GiB of KV cache against rank 0's 26.85 GiB; stock gave both 26.9 GiB. A rank
+  cannot tell this layout from engines on only some of the host's ranks (which stock deadlocks) without a
+  collective, so the shim keeps private worlds here; not yet re-measured on a GPU with this release.
 - In-process engines on some ranks (TRL ≤ 0.16, side channels): a private world of the engine's size.
 - vLLM owning the WORLD (torchtitan): the shim passes straight through.
 - An engine process (Lamorel's default executor): vLLM's processes never see the host's WORLD.
