@@ -10,3 +10,7 @@ decode-context-parallel argument in 0.10.2. Teardown wrappers cover all of it.
 
 Nothing differs from the core's roles.
 """
+
+# The CPU worker names its shared-memory segments after this variable (set from the init method) and the
+# group's ranks, as in the v1 family (read from the releases' cpu_worker.py; no CPU engine of this family ran here).
+HOST_WIDE_NAME_VARIABLES = ("VLLM_DIST_IDENT",)

@@ -13,3 +13,16 @@ Within the family, none of which changes the core's roles:
   methods (the seed case on 0.32 uses one); 0.32.0 an exit-time finalizer of the in-process client;
 - 0.33.0 adds ``GroupCoordinator.cpu_timeout`` and copies of the teardown functions in the weight-cache daemon.
 """
+
+# The CPU build names its shared-memory segments after this variable (its worker sets it from the init method,
+# ``env://`` -> ``//``) and the group's ranks (``cpu_communicator.py``, ``_CPUSHMDistributed.make_group_name``).
+HOST_WIDE_NAME_VARIABLES = ("VLLM_DIST_IDENT",)
+# From 0.11.0 the external launcher's world size already spans data parallelism (``ParallelConfig.__post_init__``
+# multiplies it; ``init_distributed_environment`` skips its DP offset for this backend). 0.10.2 passed TP×PP.
+LAUNCHER_WORLD_SIZE_SPANS_DATA_PARALLEL = True
+# 0.23.0+: vLLM builds its groups with torch.distributed.split_group from a default group it binds to a device.
+REFUSED_IN_PRIVATE_WORLD = {
+    "VLLM_DISTRIBUTED_USE_SPLIT_GROUP": (
+        "vLLM would build its groups with torch.distributed.split_group, which vllm-pg-shim does not carry into "
+        "vLLM's private world. Unset it (vLLM's default builds them with new_group), or let vLLM own the WORLD."),
+}

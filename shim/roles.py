@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import inspect
 import logging
+import os
 
 from . import world
 
@@ -20,27 +21,43 @@ def bound_arguments(wrapped, args, kwargs) -> dict:
     return dict(bound.arguments)
 
 
-def data_parallel_size() -> int:
-    """vLLM's data-parallel size from its current config, where the release keeps one (else 1)."""
+def parallel_config():
+    """vLLM's current parallel config, where the release keeps one (else None)."""
     try:
         from vllm.config import get_current_vllm_config
 
-        return int(get_current_vllm_config().parallel_config.data_parallel_size or 1)
-    except Exception:  # a release without a current config, or none set: no data parallelism to account for
-        return 1
+        return get_current_vllm_config().parallel_config
+    except Exception:  # a release without a current config, or none set
+        return None
 
 
-def shares_host_world(call: dict) -> bool:
-    """vLLM asked to *be* the host's WORLD (``external_launcher`` on every rank, over ``env://``: its world, times
-    its data-parallel size, is the host's, and its rank the host's): that is vLLM's own supported way to share a
-    world, so it is left alone."""
+def data_parallel_size() -> int:
+    """vLLM's data-parallel size from its current config (1 where there is none)."""
+    return int(getattr(parallel_config(), "data_parallel_size", 1) or 1)
+
+
+def world_size_built(call: dict, family_module=None) -> int:
+    """The size of the world vLLM builds from this call: the call's size times the data-parallel size (vLLM
+    offsets each DP rank's ranks inside), except where the family says its external launcher already passes
+    the size across DP (``LAUNCHER_WORLD_SIZE_SPANS_DATA_PARALLEL``: no offset happens there)."""
+    size = call.get("world_size")
+    if (getattr(family_module, "LAUNCHER_WORLD_SIZE_SPANS_DATA_PARALLEL", False)
+            and getattr(parallel_config(), "distributed_executor_backend", None) == "external_launcher"):
+        return size
+    return size * data_parallel_size()
+
+
+def shares_host_world(call: dict, family_module=None) -> bool:
+    """vLLM asked to *be* the host's WORLD (``external_launcher`` on every rank, over ``env://``: the world it
+    builds, data parallelism included, is the host's, and its rank the host's): that is vLLM's own supported
+    way to share a world, so it is left alone."""
     import torch.distributed as dist
 
     host = world.host_default_group()
     size = call.get("world_size")
     return (
         call.get("distributed_init_method", "env://") == "env://"
-        and (size == -1 or size * data_parallel_size() == host.size())
+        and (size == -1 or world_size_built(call, family_module) == host.size())
         and call.get("rank") in (host.rank(), -1)
         and dist.get_world_size() == host.size()
     )
@@ -63,9 +80,10 @@ def launcher_block(call: dict) -> tuple[int, int] | None:
     return host_rank // size, host_rank % size
 
 
-def _meet_on_host_store(private, call: dict, block: tuple[int, int]) -> dict:
+def _meet_on_host_store(private, call: dict, block: tuple[int, int]) -> tuple[dict, str]:
     """Members of a launcher block meet in a key space of the host's store (a key-value store, no collective):
-    one per block and per engine built there, so a rebuilt engine never reads an old engine's keys."""
+    one per block and per engine built there, so a rebuilt engine never reads an old engine's keys.
+    Returns vLLM's call with the rank in the block, and the meeting place's name (the same in every member)."""
     import torch.distributed.distributed_c10d as c10d
     from torch.distributed import PrefixStore
 
@@ -77,7 +95,40 @@ def _meet_on_host_store(private, call: dict, block: tuple[int, int]) -> dict:
                                            c10d._get_default_store())
     private.rendezvous_where = (f"the host's store (engine block {index}: host ranks "
                                 f"{index * size}-{index * size + size - 1}, engine {generation} there)")
-    return {**call, "rank": rank}
+    # env://'s port tells this host job from any other on the machine (and from a killed earlier run, whose
+    # host-wide resources may outlive it)
+    job = os.environ.get("MASTER_PORT", "")
+    return {**call, "rank": rank}, f"vllm_pg_shim-{job}-launcher-{size}-{index}-{generation}"
+
+
+_named: dict[str, tuple[str, str]] = {}  # naming variable -> (vLLM's value, the value the shim wrote over it)
+
+
+def name_after_meeting_place(family_module, place: str) -> None:
+    """vLLM names some host-wide resources after its init method and its ranks (the family lists the
+    environment variables it derives such names from, ``HOST_WIDE_NAME_VARIABLES``). Every launcher block
+    numbers its ranks from 0 and vLLM's method, ``env://``, is the same for all of them, so two blocks on one
+    host would claim the same names (stock, the ranks were the host's and differed). The variables get the
+    place where this block met, which every member knows and no other block (of this job or another) shares."""
+    for variable in getattr(family_module, "HOST_WIDE_NAME_VARIABLES", ()):
+        value = os.environ.get(variable)
+        if value is None:
+            continue
+        original, written = _named.get(variable, (None, None))
+        base = original if value == written else value  # vLLM set it again, or our name is still there
+        os.environ[variable] = f"{base}-{place}"
+        _named[variable] = (base, os.environ[variable])
+
+
+def refuse_what_a_private_world_cannot_carry(family_module) -> None:
+    """Settings under which vLLM builds its groups in a way a private world does not carry (the family lists
+    them, ``REFUSED_IN_PRIVATE_WORLD``: variable -> why, what to do): an error naming the variable, at once."""
+    from . import ShimError
+
+    for variable, advice in getattr(family_module, "REFUSED_IN_PRIVATE_WORLD", {}).items():
+        value = os.environ.get(variable, "")
+        if value.strip() not in ("", "0"):
+            raise ShimError(f"{variable}={value} with vLLM in a WORLD made by someone else: {advice}")
 
 
 def init(wrapped, instance, args, kwargs, family_module=None):
@@ -93,18 +144,21 @@ def init(wrapped, instance, args, kwargs, family_module=None):
         return result
     call = bound_arguments(wrapped, args, kwargs)
     decide = getattr(family_module, "shares_host_world", shares_host_world)
-    if decide(call):
+    if decide(call, family_module):
         log.info("vllm-pg-shim: vLLM shares the host's WORLD on purpose (%s); left alone", call)
         return wrapped(*args, **kwargs)
     label = "world_size={} rank={} init={}".format(
         call.get("world_size"), call.get("rank"), call.get("distributed_init_method")
     )
+    refuse_what_a_private_world_cannot_carry(family_module)
     block = launcher_block(call)
     private = world.new_private_world(label)
     log.info("vllm-pg-shim: the WORLD here is foreign; vLLM gets private world %d (%s)", private.id, label)
     try:
         if block is not None:
-            args, kwargs = (), _meet_on_host_store(private, call, block)
+            kwargs, place = _meet_on_host_store(private, call, block)
+            args = ()
+            name_after_meeting_place(family_module, place)
         with world.scope(private):
             return wrapped(*args, **kwargs)
     except BaseException:

@@ -10,22 +10,30 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/support as the package "
 def pytest_addoption(parser):
     parser.addoption("--record-matrix", action="store_true",
                      help="record this run's end-to-end outcome for the installed vLLM in compat_matrix.yaml")
+    parser.addoption("--record-frameworks", action="store_true",
+                     help="record the framework shapes' outcomes (tests/test_frameworks.py) in docs/frameworks.yaml")
 
 
 _outcomes: dict[str, dict[str, str]] = {}  # test file -> nodeid -> outcome
 _details: dict[str, str] = {}  # what tests reported with record_property (e.g. the stock outcome)
 
 
+OPT_IN_MARKERS = ("slow", "stock_frameworks")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` run only when selected by marker (``pytest -m slow``); otherwise they are skipped."""
+    """Tests marked ``slow`` or ``stock_frameworks`` run only when selected by marker (``pytest -m slow``);
+    otherwise they are skipped."""
     import pytest
 
-    if "slow" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with pytest -m slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    selected = config.getoption("-m") or ""
+    for marker in OPT_IN_MARKERS:
+        if marker in selected:
+            continue
+        skip = pytest.mark.skip(reason=f"{marker}: run with pytest -m {marker}")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 def pytest_runtest_logreport(report):
