@@ -9,7 +9,7 @@
   ``unit-3.9`` ... ``unit-3.13``), ``actionlint`` (the CI workflows), ``package`` (build and twine check): the fast
   checks, each under a minute or two.
 - ``demo``: the seed scenario stock and with the shim, side by side.
-- ``e2e-<version>``: the end-to-end tier on one listed release, recording its result in compat_matrix.yaml.
+- ``e2e-<version>``: the end-to-end tier on one listed release, recording its result in compat_records.yaml.
 - ``pg-<version>`` (tag ``matrix``: ``nox -t matrix`` runs all): the process-group tier on one release, recording;
   ``pg-check-<version>``: the same, recording nothing (CI runs one job per release).
 - ``gpu``: a GPU tier on this interpreter (a GPU host's own torch), recording: ``-- --tier gpu-2x`` (default;
@@ -230,7 +230,7 @@ for _version in E2E["versions"]:
 
     @nox.session(name=f"e2e-{_version}")
     def e2e(session: nox.Session, version: str = _version) -> None:
-        """End-to-end tier on one release; its result is written into compat_matrix.yaml."""
+        """End-to-end tier on one release; its result is written into compat_records.yaml."""
         if environment_made(session):
             return
         install_e2e_env(session, version)
@@ -327,7 +327,7 @@ for _version in PG["versions"]:
 
     @nox.session(name=f"pg-{_version}", venv_backend="uv", python="3.11", tags=["matrix"])
     def pg(session: nox.Session, version: str = _version) -> None:
-        """Process-group tier on one release; its result is written into compat_matrix.yaml."""
+        """Process-group tier on one release; its result is written into compat_records.yaml."""
         if environment_made(session):
             return
         install_pg_env(session, version)

