@@ -33,7 +33,8 @@ def write_runtime_matrix(build_lib: Path) -> None:
 
         RUNTIME_PATH.write_text(runtime_form((ROOT / "compat_matrix.yaml").read_bytes()))
     except ImportError as exc:  # no PyYAML in this build environment: install() then reads the YAML itself
-        warnings.warn(f"compat_matrix.runtime.json not written ({exc}); install() will parse compat_matrix.yaml")
+        warnings.warn(f"compat_matrix.runtime.json not written ({exc}); install() will parse compat_matrix.yaml",
+                      stacklevel=2)
     finally:
         sys.path.remove(str(build_lib))
         for name in [m for m in sys.modules if m == "vllm_pg_shim" or m.startswith("vllm_pg_shim.")]:

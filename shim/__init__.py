@@ -37,7 +37,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def install(*, family: str | None = None) -> "Status":
+def install(*, family: str | None = None) -> Status:
     """Activate the shim in this process (idempotent). Works before or after ``import vllm``.
 
     ``family`` forces a patch family by name (as ``VLLM_PG_SHIM_FORCE`` does). Returns ``status()``.
@@ -47,14 +47,14 @@ def install(*, family: str | None = None) -> "Status":
     return _install(family=family, how="install()")
 
 
-def uninstall() -> "Status":
+def uninstall() -> Status:
     """Restore every original the shim replaced (where its replacement is still in place). Returns ``status()``."""
     from ._lifecycle import uninstall as _uninstall
 
     return _uninstall()
 
 
-def status() -> "Status":
+def status() -> Status:
     """What is active and why: versions, the family chosen, the torch guard's verdict, activation, every name the
     shim replaced, and this process's WORLD. A :class:`Status` (typed fields; also a JSON-ready dict)."""
     from ._lifecycle import status as _status

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 _current: contextvars.ContextVar[Any] = contextvars.ContextVar("vllm_pg_shim_current_private_world", default=None)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any
 
 FIELDS = ("shim_version", "installed", "activation", "env", "vllm", "torch", "torch_guard", "family",
           "family_releases", "family_decision", "patched", "replacements", "missing", "import_environment", "python",
@@ -16,14 +16,14 @@ class Status(dict):
 
     shim_version: str
     installed: bool
-    activation: Optional[str]  # how it was installed: "install()", "VLLM_PG_SHIM=1", the vLLM plugin
+    activation: str | None  # how it was installed: "install()", "VLLM_PG_SHIM=1", the vLLM plugin
     env: dict  # the shim's environment variables as this process sees them
-    vllm: Optional[dict]  # {"distribution", "version"}, or None without vLLM
-    torch: Optional[str]
+    vllm: dict | None  # {"distribution", "version"}, or None without vLLM
+    torch: str | None
     torch_guard: dict  # vllm_pg_shim.torch_guard.GuardResult.as_dict()
-    family: Optional[str]
-    family_releases: Optional[str]
-    family_decision: Optional[dict]  # {"how": "matrix" | "forced" | "shape", "note"}
+    family: str | None
+    family_releases: str | None
+    family_decision: dict | None  # {"how": "matrix" | "forced" | "shape", "note"}
     patched: list  # the vLLM names wrapped ("module.attr"), sorted
     replacements: list  # every name the shim replaced now: {"name", "by"} (see vllm_pg_shim._originals)
     missing: list  # targets of the family absent from this vLLM release

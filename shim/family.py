@@ -24,7 +24,7 @@ class Target(NamedTuple):
     optional: bool = False  # absent from some releases of the family
 
     @classmethod
-    def parse(cls, entry: str, role: str) -> "Target":
+    def parse(cls, entry: str, role: str) -> Target:
         module, _, qualname = entry.rstrip("?").partition(":")
         if not module or not qualname:
             raise ValueError(f"target {entry!r} is not 'module:qualname'")

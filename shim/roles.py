@@ -40,7 +40,7 @@ def world_size_built(call: dict, family_module=None) -> int:
     """The size of the world vLLM builds from this call: the call's size times the data-parallel size (vLLM
     offsets each DP rank's ranks inside), except where the family says its external launcher already passes
     the size across DP (``LAUNCHER_WORLD_SIZE_SPANS_DATA_PARALLEL``: no offset happens there)."""
-    size = call.get("world_size")
+    size: int = call.get("world_size", -1)
     if (getattr(family_module, "LAUNCHER_WORLD_SIZE_SPANS_DATA_PARALLEL", False)
             and getattr(parallel_config(), "distributed_executor_backend", None) == "external_launcher"):
         return size
@@ -114,8 +114,8 @@ def name_after_meeting_place(family_module, place: str) -> None:
         value = os.environ.get(variable)
         if value is None:
             continue
-        original, written = _named.get(variable, (None, None))
-        base = original if value == written else value  # vLLM set it again, or our name is still there
+        original, written = _named.get(variable, (value, ""))
+        base = original if value == written else value  # our name is still there, or vLLM set it again
         os.environ[variable] = f"{base}-{place}"
         _named[variable] = (base, os.environ[variable])
 

@@ -8,7 +8,6 @@ docs/frameworks.yaml, from which docs/frameworks.md is generated.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

@@ -123,7 +123,7 @@ def trl_colocate(out: Path, rank: int, world: int, tp: int) -> None:
     dist.barrier()
     _write(out, rank, stage="engine_built", **shim_status("status_with_engine"))
 
-    def generate_like_trl() -> dict:
+    def generate_like_trl(llm) -> dict:
         mine = [rank]
         if tp_group is None:
             return {"mine": generate(llm, mine)}
@@ -134,9 +134,9 @@ def trl_colocate(out: Path, rank: int, world: int, tp: int) -> None:
         here = dist.get_rank(group=tp_group)
         return {"mine": tokens[here:here + 1], "batch": batch_key(batch), "batch_tokens": tokens}
 
-    _write(out, rank, stage="generated", before=generate_like_trl())
+    _write(out, rank, stage="generated", before=generate_like_trl(llm))
     push_weights_trl(llm)
-    _write(out, rank, stage="generated_after_push", after=generate_like_trl())
+    _write(out, rank, stage="generated_after_push", after=generate_like_trl(llm))
     _write(out, rank, stage="trained", train_exact=exact_all_reduce(rank, world))
     del llm
     gc.collect()
@@ -267,7 +267,6 @@ def weight_sync_side_channel(out: Path, rank: int, world: int, tp: int) -> None:
     ``StatelessProcessGroup.create``; ``update_weight``: receive, ``self.model_runner.model.load_weights``) and
     PrimeIntellect-ai/prime-rl src/prime_rl/trainer/rl/broadcast (the trainer imports vLLM only for
     ``StatelessProcessGroup.create``); on the CPU the delta travels by ``broadcast_obj`` instead of PyNccl."""
-    import torch.distributed as dist
     from vllm.distributed.utils import StatelessProcessGroup
 
     init_host()
