@@ -15,6 +15,7 @@
 - ``gpu``: a GPU tier on this interpreter (a GPU host's own torch), recording: ``-- --tier gpu-2x`` (default;
   skips without two GPUs) or ``-- --tier gpu-1x`` (one GPU, docs/gpu-1x.md); ``gpu-check``: the same, recording
   nothing.
+- ``nodes``: the shim's worlds across two nodes simulated with network namespaces (root only; else skipped).
 - ``bench``: the shim's cost as ratios against stock vLLM in the same run, into docs/benchmarks (not in ``tests``).
 
 What nox itself needs to read this file and make its environments (uv for the ``pg-*`` sessions, PyYAML for the
@@ -224,6 +225,17 @@ def bench(session: nox.Session) -> None:
     install_e2e_env(session, E2E["default"], python)
     session.run(python, "-m", "pip", "install", "-q", "matplotlib")  # the plot only; never in a measured process
     session.run(python, "tools/bench.py", *session.posargs)
+
+
+@nox.session
+def nodes(session: nox.Session) -> None:
+    """The shim's worlds across two nodes simulated with network namespaces on this machine (tests/test_nodes.py:
+    needs root and iproute2, else it skips saying why), on the default end-to-end release; stock outcomes and
+    the listening sockets seen go to docs/nodes.json."""
+    if environment_made(session):
+        return
+    install_e2e_env(session, E2E["default"])
+    session.run("python", "-m", "pytest", "tests/test_nodes.py", "-m", "nodes or slow", *session.posargs)
 
 
 for _version in E2E["versions"]:

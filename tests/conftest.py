@@ -18,12 +18,12 @@ _outcomes: dict[str, dict[str, str]] = {}  # test file -> nodeid -> outcome
 _details: dict[str, str] = {}  # what tests reported with record_property (e.g. the stock outcome)
 
 
-OPT_IN_MARKERS = ("slow", "stock_frameworks")
+OPT_IN_MARKERS = ("slow", "stock_frameworks", "nodes")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` or ``stock_frameworks`` run only when selected by marker (``pytest -m slow``);
-    otherwise they are skipped."""
+    """Tests marked ``slow``, ``stock_frameworks`` or ``nodes`` run only when selected by marker (``pytest -m slow``;
+    ``nodes``: ``nox -s nodes``); otherwise they are skipped."""
     import pytest
 
     selected = config.getoption("-m") or ""
