@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))  # tests/support as the package "support"
 
 
@@ -24,8 +26,6 @@ OPT_IN_MARKERS = ("slow", "stock_frameworks", "nodes")
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow``, ``stock_frameworks`` or ``nodes`` run only when selected by marker (``pytest -m slow``;
     ``nodes``: ``nox -s nodes``); otherwise they are skipped."""
-    import pytest
-
     selected = config.getoption("-m") or ""
     for marker in OPT_IN_MARKERS:
         if marker in selected:
@@ -34,6 +34,25 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if marker in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The tiny random Llama the real-engine tests serve (built once, then cached)."""
+    from support.tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def clean_tokens(tmp_path_factory, model):
+    """What the seed scenario's prompts give in a clean process that owns no WORLD (no shim)."""
+    from support.harness import run_scenario
+
+    out = run_scenario(tmp_path_factory.mktemp("clean"), model=model, activation="clean", in_process=True,
+                       world=1, timeout=240)
+    assert out.returncode == 0 and not out.timed_out, out.describe()
+    return out.ranks[0]["tokens"][0]
 
 
 def pytest_runtest_logreport(report):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from support.checks import assert_ranks_healthy
 from support.harness import run_scenario
 
 pytestmark = pytest.mark.e2e
@@ -17,31 +18,11 @@ vllm = pytest.importorskip("vllm", reason="the end-to-end tier needs a real vLLM
 MODES = {"in-process": True, "engine-process": False}
 
 
-@pytest.fixture(scope="session")
-def model(tmp_path_factory):
-    from support.tiny_model import ensure_tiny_model
-
-    return ensure_tiny_model()
-
-
-@pytest.fixture(scope="session")
-def clean_tokens(tmp_path_factory, model):
-    """What the same prompts give in a clean process that owns no WORLD (no shim)."""
-    out = run_scenario(tmp_path_factory.mktemp("clean"), model=model, activation="clean", in_process=True,
-                       world=1, timeout=180)
-    assert out.returncode == 0 and not out.timed_out, out.describe()
-    return out.ranks[0]["tokens"][0]
-
 
 def assert_healthy(out, *, world: int, engine_ranks, clean_tokens, cycles: int = 1, in_process: bool = True,
                    tp: int = 1):
-    assert not out.timed_out and out.returncode == 0, out.describe()
-    assert out.leftovers == [], out.describe()
-    assert sorted(out.ranks) == list(range(world)), out.describe()
+    assert_ranks_healthy(out, world)
     for rank, data in out.ranks.items():
-        assert "done" in out.stages(rank), out.describe()
-        assert data["world_all_reduce_ok"] and data["subgroup_all_reduce_ok"] and data["broadcast_ok"], data
-        assert (data["host_rank"], data["host_world_size"]) == (rank, world)
         status = data.get("shim_status")
         if status is not None:
             # the rank still holds its engine: an in-process engine keeps exactly one private world of its TP size

@@ -22,12 +22,6 @@ vllm = pytest.importorskip("vllm", reason="the end-to-end tier needs a real vLLM
 SCENARIO = Path(__file__).parent / "support" / "framework_scenario.py"
 
 
-@pytest.fixture(scope="module")
-def model():
-    from support.tiny_model import ensure_tiny_model
-
-    return ensure_tiny_model()
-
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory, model):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from support.gpu_checks import assert_ranks_healthy
+from support.checks import assert_ranks_healthy
 from support.harness import run_scenario
 
 pytestmark = pytest.mark.gpu
@@ -22,12 +22,6 @@ vllm = pytest.importorskip("vllm", reason="the 2-GPU tier needs vLLM built for C
 STOCK_BOUND = 150
 BOUND = 300
 
-
-@pytest.fixture(scope="session")
-def model():
-    from support.tiny_model import ensure_tiny_model
-
-    return ensure_tiny_model()
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from support.gpu_checks import assert_ranks_healthy
+from support.checks import assert_ranks_healthy
 from support.harness import ROOT, Outcome, _read_ranks, run_bounded, run_scenario, scenario_env
 
 pytestmark = pytest.mark.gpu
@@ -84,12 +84,6 @@ def stock_outcome(out: Outcome, bound: float) -> str:
     how = f"hang (stopped after {bound} s)" if out.timed_out else f"error (exit {out.returncode})"
     return f"{how}: {reached}"
 
-
-@pytest.fixture(scope="session")
-def model():
-    from support.tiny_model import ensure_tiny_model
-
-    return ensure_tiny_model()
 
 
 @pytest.fixture(scope="session")

@@ -35,22 +35,6 @@ STOCK_BOUND = 180  # seconds a stock run gets before it counts as hung
 RESULTS = ROOT / "docs" / "nodes.json"  # outcomes, stock and shim, written by every run (docs/nodes.md shows them)
 
 
-@pytest.fixture(scope="module")
-def model():
-    from support.tiny_model import ensure_tiny_model
-
-    return ensure_tiny_model()
-
-
-@pytest.fixture(scope="module")
-def clean_tokens(tmp_path_factory, model):
-    from support.harness import run_scenario
-
-    out = run_scenario(tmp_path_factory.mktemp("clean"), model=model, activation="clean", in_process=True, world=1,
-                       timeout=240)
-    assert out.returncode == 0 and not out.timed_out, out.describe()
-    return out.ranks[0]["tokens"][0]
-
 
 @pytest.fixture
 def nodes():

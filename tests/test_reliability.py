@@ -31,12 +31,6 @@ SLACK = 10   # what a loaded 2-core machine may add to a bound
 EXIT_BOUND = 60  # a rank holding live engines ends within this many seconds of its last stage
 
 
-@pytest.fixture(scope="session")
-def model():
-    from support.tiny_model import ensure_tiny_model
-
-    return ensure_tiny_model()
-
 
 @dataclass
 class Run(Outcome):

@@ -1,4 +1,4 @@
-"""Checks the GPU tiers' tests share (tests/test_gpu.py, tests/test_gpu_1x.py)."""
+"""Checks the end-to-end tiers' tests share (tests/test_e2e_seed.py, tests/test_gpu.py, tests/test_gpu_1x.py)."""
 from __future__ import annotations
 
 
