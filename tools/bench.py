@@ -68,6 +68,28 @@ def rotate(items: list, i: int) -> list:
     return items[i % len(items):] + items[:i % len(items)]
 
 
+def ratios(a: list[dict], b: list[dict], key: str) -> list[float]:
+    """``key`` of each run in ``a`` over the run of the same repeat in ``b``."""
+    return [x[key] / y[key] for x, y in zip(a, b)]
+
+
+def run_engines(work: Path, model: str, kinds: dict[str, tuple[str, str]], repeats: int, *, timeout: float,
+                after_each=None) -> dict[str, list[dict]]:
+    """Each kind (name -> (worker case, activation)) once per repeat, in an order that rotates, so that no kind
+    always runs first on a machine still warming up; ``after_each(runs)`` after every run."""
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for i in range(repeats):
+        for kind in rotate(list(kinds), i):
+            case, activation = kinds[kind]
+            data = run_worker(work, f"{kind}{i}", case, "--model", model, "--activation", activation,
+                              activation=activation, timeout=timeout)
+            runs[kind].append(data)
+            if after_each is not None:
+                after_each(runs)
+            log(f"repeat {i} {kind}: LLM() {data['build_s']:.2f} s, {data['tokens_per_s']:.0f} tokens/s")
+    return runs
+
+
 def item(key: str, what: str, unit: str, values: list[float], goal: tuple[str, float] | None, **detail) -> dict:
     entry = {"key": key, "what": what, "unit": unit, **summary(values), "goal": None, "met": None, **detail}
     if goal is not None:
@@ -86,20 +108,10 @@ def log(message: str) -> None:
 
 def bench_engine(work: Path, model: str, repeats: int) -> tuple[list[dict], dict]:
     """Items 1-3a: stock, shim (clean) and seed runs, rotating order each repeat."""
-    runs = {"stock": [], "shim": [], "seed": [], "seed_layout": []}
     kinds = {"stock": ("engine", "stock"), "shim": ("engine", "install"), "seed": ("seed", "install"),
              "seed_layout": ("seed", "stock")}
-    for i in range(repeats):
-        for kind in rotate(list(kinds), i):
-            case, activation = kinds[kind]
-            data = run_worker(work, f"{kind}{i}", case, "--model", model, "--activation", activation,
-                              activation=activation, timeout=400)
-            runs[kind].append(data)
-            log(f"repeat {i} {kind}: LLM() {data['build_s']:.2f} s, {data['tokens_per_s']:.0f} tokens/s")
+    runs = run_engines(work, model, kinds, repeats, timeout=400)
     stock, shim, seed, layout = runs["stock"], runs["shim"], runs["seed"], runs["seed_layout"]
-    def ratios(a: list[dict], b: list[dict], key: str) -> list[float]:
-        return [x[key] / y[key] for x, y in zip(a, b)]
-
     items = [
         item("throughput", "generation throughput, shim / stock (clean process)", "ratio",
              ratios(shim, stock, "tokens_per_s"), (">=", 0.995),

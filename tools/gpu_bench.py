@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import bench  # tools/, beside this file
-from bench import fmt, item, log, machine, rotate, run_worker, source_commit
+from bench import fmt, item, log, machine, ratios, run_engines, source_commit
 from gpu_bench_worker import GPU_MEMORY_UTILIZATION, MAX_MODEL_LEN
 
 bench.WORKER = Path(__file__).with_name("gpu_bench_worker.py")
@@ -42,23 +42,12 @@ def ensure_config(path: Path) -> Path:
 
 
 def measure(work: Path, model: str, repeats: int, partial: Path) -> dict[str, list[dict]]:
-    runs = {kind: [] for kind in KINDS}
-    for i in range(repeats):
-        for kind in rotate(list(KINDS), i):
-            case, activation = KINDS[kind]
-            data = run_worker(work, f"{kind}{i}", case, "--model", model, "--activation", activation,
-                              activation=activation, timeout=420)
-            runs[kind].append(data)
-            partial.write_text(json.dumps(runs, indent=1) + "\n")
-            log(f"repeat {i} {kind}: LLM() {data['build_s']:.2f} s, {data['tokens_per_s']:.0f} tokens/s")
-    return runs
+    return run_engines(work, model, KINDS, repeats, timeout=420,
+                       after_each=lambda runs: partial.write_text(json.dumps(runs, indent=1) + "\n"))
 
 
 def items(runs: dict[str, list[dict]]) -> list[dict]:
     stock, shim, seed = runs["stock"], runs["shim"], runs["seed"]
-
-    def ratios(a, b, key):
-        return [x[key] / y[key] for x, y in zip(a, b)]
 
     def values(rs, key):
         return [r[key] for r in rs]
