@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support.harness import Outcome, _read_ranks, run_bounded, scenario_env
+from support.harness import Outcome, all_ranks_done, run_ranks, scenario_env
 
 pytestmark = pytest.mark.e2e
 
@@ -38,16 +38,8 @@ def run_shape(out: Path, model: Path, shape: str, activation: str, *, world: int
     cmd = [sys.executable, str(SCENARIO), "--shape", shape, "--model", str(model), "--out", str(out),
            "--world", str(world), "--tp", str(tp)]
     env = scenario_env("env" if activation == "shim" else "stock", in_process=in_process, extra=extra_env)
-
-    def all_done() -> bool:
-        ranks = _read_ranks(out)
-        return len(ranks) == world and all("done" in [s for s, _ in r["stages"]] for r in ranks.values())
-
     out.mkdir(parents=True, exist_ok=True)
-    returncode, timed_out, elapsed, leftovers = run_bounded(cmd, timeout=timeout, env=env, log_path=out / "log.txt",
-                                                            finished=all_done)
-    return Outcome(returncode, timed_out, elapsed, (out / "log.txt").read_text(errors="replace"), _read_ranks(out),
-                   leftovers)
+    return run_ranks(cmd, out, timeout=timeout, env=env, finished=all_ranks_done(out, world))
 
 
 def observed(out: Outcome, world: int) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from support.checks import assert_ranks_healthy
-from support.harness import ROOT, Outcome, _read_ranks, run_bounded, run_scenario, scenario_env
+from support.harness import ROOT, Outcome, all_ranks_done, run_ranks, run_scenario, scenario_env
 
 pytestmark = pytest.mark.gpu
 
@@ -62,18 +62,12 @@ def run_shape(out: Path, *, activation: str, in_process: bool = True, timeout: f
         elif value not in (False, None):
             cmd += [flag, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)]
     world = 1 if activation == "clean" else options.get("world", 2)
-
-    def all_done() -> bool:
-        ranks = _read_ranks(out)
-        return len(ranks) == world and all("done" in [s for s, _ in r["stages"]] for r in ranks.values())
-
-    returncode, timed_out, elapsed, leftovers = run_bounded(
-        cmd, timeout=timeout, env=scenario_env(activation, in_process=in_process, extra=extra_env), cwd=ROOT,
-        log_path=out / "log.txt", finished=all_done)
-    logs = "".join(f"\n--- rank {p.stem[4:]} ---\n" + p.read_text(errors="replace")
-                   for p in sorted(out.glob("rank*.log")))
-    return Outcome(returncode, timed_out, elapsed, (out / "log.txt").read_text(errors="replace") + logs,
-                   _read_ranks(out), leftovers)
+    outcome = run_ranks(cmd, out, timeout=timeout, env=scenario_env(activation, in_process=in_process,
+                                                                   extra=extra_env),
+                        finished=all_ranks_done(out, world), cwd=ROOT)
+    outcome.log += "".join(f"\n--- rank {p.stem[4:]} ---\n" + p.read_text(errors="replace")
+                           for p in sorted(out.glob("rank*.log")))
+    return outcome
 
 
 def stock_outcome(out: Outcome, bound: float) -> str:

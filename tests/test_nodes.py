@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from support import netns
-from support.harness import ROOT, Outcome, _read_ranks, run_bounded, scenario_env
+from support.harness import ROOT, Outcome, run_ranks, scenario_env
 from support.ports import free_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.nodes]
@@ -55,12 +55,9 @@ def run_case(tmp_path: Path, nodes, case: str, activation: str, model: Path, *, 
     def finished() -> bool:
         return (out / "driver.json").exists()
 
-    returncode, timed_out, elapsed, leftovers = run_bounded(
-        cmd, timeout=timeout, env=scenario_env(activation, in_process=True, extra=env), cwd=ROOT,
-        log_path=out / "log.txt", finished=finished)
-    outcome = Outcome(returncode, timed_out, elapsed, (out / "log.txt").read_text(errors="replace"),
-                      _read_ranks(out), leftovers)
-    outcome.port = port
+    outcome = run_ranks(cmd, out, timeout=timeout, env=scenario_env(activation, in_process=True, extra=env),
+                        finished=finished, cwd=ROOT)
+    outcome.port = port  # the host's MASTER_PORT: its store is the one listener allowed beyond the nodes' own
     return outcome
 
 

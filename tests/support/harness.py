@@ -187,6 +187,25 @@ def _read_ranks(out: Path) -> dict[int, dict]:
     return ranks
 
 
+def all_ranks_done(out: Path, world: int):
+    """A ``finished`` for :func:`run_bounded`: every one of ``world`` ranks wrote its ``done`` stage into ``out``."""
+
+    def done() -> bool:
+        ranks = _read_ranks(out)
+        return len(ranks) == world and all("done" in [s for s, _ in r["stages"]] for r in ranks.values())
+
+    return done
+
+
+def run_ranks(cmd: list[str], out: Path, *, timeout: float, env: dict, finished, cwd: Path | None = None) -> Outcome:
+    """A scenario whose ranks report into ``out`` (``rank<N>.json``), run by :func:`run_bounded` with its log in
+    ``out/log.txt``; ``finished`` tells when the work is done (e.g. :func:`all_ranks_done`)."""
+    returncode, timed_out, elapsed, leftovers = run_bounded(cmd, timeout=timeout, env=env, cwd=cwd,
+                                                            log_path=out / "log.txt", finished=finished)
+    return Outcome(returncode, timed_out, elapsed, (out / "log.txt").read_text(errors="replace"), _read_ranks(out),
+                   leftovers)
+
+
 def run_scenario(out: Path, *, model: Path, activation: str, in_process: bool, world: int = 2,
                  engine_ranks=(0,), cycles: int = 1, timeout: float = 240, extra_env: dict | None = None,
                  fork_engine: bool = False, python: str = sys.executable, backend: str = "gloo", tp: int = 1,
@@ -198,13 +217,4 @@ def run_scenario(out: Path, *, model: Path, activation: str, in_process: bool, w
     if fork_engine:
         cmd.append("--fork-engine")
     env = scenario_env(activation, in_process=in_process, extra=extra_env)
-    log_path = out / "log.txt"
-
-    def all_done() -> bool:
-        ranks = _read_ranks(out)
-        return len(ranks) == world and all("done" in [s for s, _ in r["stages"]] for r in ranks.values())
-
-    returncode, timed_out, elapsed, leftovers = run_bounded(cmd, timeout=timeout, env=env, cwd=ROOT,
-                                                            log_path=log_path, finished=all_done)
-    ranks = _read_ranks(out)
-    return Outcome(returncode, timed_out, elapsed, log_path.read_text(errors="replace"), ranks, leftovers)
+    return run_ranks(cmd, out, timeout=timeout, env=env, finished=all_ranks_done(out, world), cwd=ROOT)
