@@ -11,7 +11,14 @@
 - ``demo``: the seed scenario stock and with the shim, side by side.
 - ``e2e-<version>``: the end-to-end tier on one listed release, recording its result in compat_records.yaml.
 - ``pg-<version>`` (tag ``matrix``: ``nox -t matrix`` runs all): the process-group tier on one release, recording;
-  ``pg-check-<version>``: the same, recording nothing (CI runs one job per release).
+  ``pg-check-<version>``: the same, recording nothing (CI runs one job per release), and without the tier's stock
+  observations of the framework shapes (tests marked ``stock_observation``: every rank building vLLM's world over
+  the host's env:// and tearing it down, TRL <= 0.16's rank 0 alone under a patched ``get_world_size``), which
+  only describe stock vLLM for the release's row and would add up to 2 minutes to each CI job (1 min 45 s on
+  0.20.0, 25 s of it the stall bound of the stock hang). The shim's runs of those shapes are in both (about 30 to
+  45 s per release). Each runs on the newest Python that the release, the torch it pins and its dependencies as of
+  its day support (compat_matrix.yaml ``tiers.pg-gloo.python``, written by ``tools/pg_pythons.py``; pyenv users
+  select every installed Python, as .ci/run does, so that nox finds them).
 - ``gpu``: a GPU tier on this interpreter (a GPU host's own torch), recording: ``-- --tier gpu-2x`` (default;
   skips without two GPUs) or ``-- --tier gpu-1x`` (one GPU, docs/gpu-1x.md); ``gpu-check``: the same, recording
   nothing.
@@ -276,19 +283,12 @@ def install_pg_env(session: nox.Session, version: str) -> None:
 
 
 def release_day_after(version: str) -> str:
-    """The day after PyPI received ``vllm==version`` (uv's ``--exclude-newer`` takes it), from the index's JSON
-    simple API (PEP 691/700: it gives each file's upload time)."""
-    import datetime
-    import json
-    import urllib.request
+    """The day after PyPI received ``vllm==version`` (uv's ``--exclude-newer`` takes it): the day
+    tools/pg_pythons.py also resolves each release's Python at."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from pg_pythons import release_day_after as day_after
 
-    request = urllib.request.Request("https://pypi.org/simple/vllm/",
-                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        files = json.load(response)["files"]
-    times = [f["upload-time"] for f in files if f["filename"].startswith((f"vllm-{version}-", f"vllm-{version}.tar"))]
-    uploaded = min(datetime.datetime.fromisoformat(t.replace("Z", "+00:00")) for t in times)
-    return (uploaded + datetime.timedelta(days=1)).date().isoformat()
+    return day_after(version)
 
 
 # Runs vLLM's distributed code once as the tier does (a clean process, a world of 1: its lazy imports too);
@@ -324,20 +324,28 @@ def run_pg_tier(session: nox.Session, *extra: str) -> None:
                 env={"VLLM_PG_SHIM_BARE_IMPORT": "1", "VLLM_NCCL_SO_PATH": NO_NCCL})
 
 
+# release -> the Python its sessions run on (the newest the release, its torch and dependencies support:
+# tools/pg_pythons.py)
+PG_PYTHON = {str(v): str(python) for python, versions in PG["python"].items() for v in versions}
+_lacking = [v for v in PG["versions"] if v not in PG_PYTHON]
+if _lacking:
+    raise SystemExit(f"compat_matrix.yaml: tiers.pg-gloo.python names no Python for {', '.join(_lacking)}: "
+                     "run python tools/pg_pythons.py")
+
 for _version in PG["versions"]:
 
-    @nox.session(name=f"pg-check-{_version}", venv_backend="uv", python="3.11")
+    @nox.session(name=f"pg-check-{_version}", venv_backend="uv", python=PG_PYTHON[_version])
     def pg_check(session: nox.Session, version: str = _version) -> None:
         """Process-group tier on one release, recording nothing (``tests`` runs a family's default release)."""
         if environment_made(session):
             return
         install_pg_env(session, version)
-        run_pg_tier(session)
+        run_pg_tier(session, "-m", "not stock_observation")
 
 
 for _version in PG["versions"]:
 
-    @nox.session(name=f"pg-{_version}", venv_backend="uv", python="3.11", tags=["matrix"])
+    @nox.session(name=f"pg-{_version}", venv_backend="uv", python=PG_PYTHON[_version], tags=["matrix"])
     def pg(session: nox.Session, version: str = _version) -> None:
         """Process-group tier on one release; its result is written into compat_records.yaml."""
         if environment_made(session):

@@ -20,6 +20,11 @@ HOST_WIDE_NAME_VARIABLES = ("VLLM_DIST_IDENT",)
 # From 0.11.0 the external launcher's world size already spans data parallelism (``ParallelConfig.__post_init__``
 # multiplies it; ``init_distributed_environment`` skips its DP offset for this backend). 0.10.2 passed TP×PP.
 LAUNCHER_WORLD_SIZE_SPANS_DATA_PARALLEL = True
+# External data parallelism: an external launcher's world smaller than the WORLD it finds is laid over that WORLD as
+# DP blocks (``initialize_model_parallel`` reshapes all ranks to (-1, DP, PP, TP)), and the launcher executor's
+# ``determine_available_memory`` takes the minimum across the world group. (0.8.5's V0 launcher executor does the
+# same, read in its source; the v0_and_v1 family keeps private blocks: no engine of that family ran here.)
+LAUNCHER_EXTERNAL_DATA_PARALLEL = True
 # 0.23.0+: vLLM builds its groups with torch.distributed.split_group from a default group it binds to a device.
 REFUSED_IN_PRIVATE_WORLD = {
     "VLLM_DISTRIBUTED_USE_SPLIT_GROUP": (

@@ -8,7 +8,8 @@ ACTIVATION_VAR = "VLLM_PG_SHIM"
 TIMEOUT_VAR = "VLLM_PG_SHIM_TIMEOUT"
 FORCE_VAR = "VLLM_PG_SHIM_FORCE"
 FORCE_TORCH_VAR = "VLLM_PG_SHIM_FORCE_TORCH"
-ALL_VARS = (ACTIVATION_VAR, TIMEOUT_VAR, FORCE_VAR, FORCE_TORCH_VAR)
+LAUNCHER_WAIT_VAR = "VLLM_PG_SHIM_LAUNCHER_WAIT"
+ALL_VARS = (ACTIVATION_VAR, TIMEOUT_VAR, FORCE_VAR, FORCE_TORCH_VAR, LAUNCHER_WAIT_VAR)
 
 _ACTIVE_VALUES = ("1",)
 _INACTIVE_VALUES = ("", "0", "off")
@@ -54,24 +55,41 @@ def torch_forced(environ=os.environ) -> bool:
 MAX_TIMEOUT = (2**31 - 1) // 1000  # 2147483 s, about 24.8 days
 
 
-def rendezvous_timeout(environ=os.environ) -> float | None:
-    """Seconds from ``VLLM_PG_SHIM_TIMEOUT``; None when unset. A bad value warns once and is ignored."""
-    raw = environ.get(TIMEOUT_VAR)
+def _seconds(variable: str, environ, *, zero: bool, rule: str, otherwise: str) -> float | None:
+    """Seconds from ``variable``, None when unset or empty; a value outside [0 or just above, MAX_TIMEOUT] warns
+    once (``rule``: what is accepted; ``otherwise``: what happens instead) and gives None too."""
+    raw = environ.get(variable)
     if raw is None or not raw.strip():
         return None
     try:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if not 0 < value <= MAX_TIMEOUT:  # also false for nan
-        _warn_once(
-            f"timeout:{raw}",
-            f"{TIMEOUT_VAR}={raw!r} is not accepted: it must be a number of seconds greater than 0 and at most "
-            f"{MAX_TIMEOUT} (about 24 days). It is ignored (the private world's rendezvous uses vLLM's own "
-            f"timeout).",
-        )
+    if not (0 <= value if zero else 0 < value) or not value <= MAX_TIMEOUT:  # also refuses nan
+        _warn_once(f"{variable}:{raw}", f"{variable}={raw!r} is not accepted: it must be {rule}. {otherwise}",
+                   stacklevel=4)
         return None
     return value
+
+
+def rendezvous_timeout(environ=os.environ) -> float | None:
+    """Seconds from ``VLLM_PG_SHIM_TIMEOUT``; None when unset. A bad value warns once and is ignored."""
+    return _seconds(TIMEOUT_VAR, environ, zero=False,
+                    rule=f"a number of seconds greater than 0 and at most {MAX_TIMEOUT} (about 24 days)",
+                    otherwise="It is ignored (the private world's rendezvous uses vLLM's own timeout).")
+
+
+# Long enough for ranks that build their engines at the same point of one program (TRL, verl) to arrive together
+# on a loaded machine; short enough that an engine on only some ranks is not held up for long.
+DEFAULT_LAUNCHER_WAIT = 20.0
+
+
+def launcher_wait(environ=os.environ) -> float:
+    """Seconds from ``VLLM_PG_SHIM_LAUNCHER_WAIT`` (0: never wait); the default when unset. A bad value warns once
+    and the default applies."""
+    value = _seconds(LAUNCHER_WAIT_VAR, environ, zero=True, rule=f"a number of seconds from 0 to {MAX_TIMEOUT}",
+                     otherwise=f"The default, {DEFAULT_LAUNCHER_WAIT:g} s, applies.")
+    return DEFAULT_LAUNCHER_WAIT if value is None else value
 
 
 def forced_family(environ=os.environ) -> str | None:

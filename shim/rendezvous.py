@@ -187,16 +187,18 @@ def _form_group(real, kwargs: dict, *, roll_store, seconds: float, where: str):
     if set_timeout is None or (wanted is not None and wanted <= bound):
         return real(**kwargs)
     world_size, rank = kwargs["world_size"], kwargs["rank"]
+    # read now, while every member is there: once the group fails, rank 0 (which holds the store) may already
+    # have given up and closed it, and a member would then have no one to name
+    entries = {}
+    for r in range(world_size):
+        try:
+            entries[r] = roll_store.get(ARRIVED_KEY.format(rank=r))
+        except Exception:  # unreadable: say nothing about that member
+            pass
     try:
         result = real(**{**kwargs, "timeout": bound})
     except Exception as exc:
-        gone = []
-        for r in range(world_size):
-            try:
-                if _gone(roll_store.get(ARRIVED_KEY.format(rank=r))):
-                    gone.append(r)
-            except Exception:  # unreadable: say nothing about that member
-                pass
+        gone = [r for r, entry in entries.items() if _gone(entry)]
         said = f"ranks {gone} are no longer running" if gone else "a member may have died or stopped after arriving"
         raise PrivateWorldTimeout(
             f"vLLM's private world at {where} (size {world_size}, this member is rank {rank}): every member arrived "

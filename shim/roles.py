@@ -6,7 +6,7 @@ import inspect
 import logging
 import os
 
-from . import world
+from . import _env, world
 
 log = logging.getLogger("vllm_pg_shim")
 
@@ -61,6 +61,60 @@ def shares_host_world(call: dict, family_module=None) -> bool:
         and call.get("rank") in (host.rank(), -1)
         and dist.get_world_size() == host.size()
     )
+
+
+def lays_data_parallel_over_host_world(call: dict, family_module=None) -> bool:
+    """vLLM's external launcher (its executor, named by the current config) on *every* host rank at once, each
+    engine a block of the host's ranks (TRL's colocate: TP=1 on every rank, or TP=2 pairs; verl's dp × tp
+    rollout). Stock vLLM lays its data parallelism over the host's WORLD there, in the families that say so
+    (``LAUNCHER_EXTERNAL_DATA_PARALLEL``): its world group is the host's, and its start-up takes the least free
+    memory across the ranks, so engines sharing a GPU size their KV caches alike. That is vLLM's own layout, so it
+    is left alone (its teardown is still kept off the host's default group). Whether every rank builds now only
+    the ranks know: they count themselves in the host's store, waiting at most ``VLLM_PG_SHIM_LAUNCHER_WAIT``
+    seconds; an engine on only some ranks gets private blocks after that wait."""
+    import torch.distributed as dist
+
+    if (not getattr(family_module, "LAUNCHER_EXTERNAL_DATA_PARALLEL", False) or launcher_block(call) is None
+            or getattr(parallel_config(), "distributed_executor_backend", None) != "external_launcher"):
+        return False
+    host = world.host_default_group().size()
+    size = world_size_built(call, family_module)
+    if not 0 < size < host or host % size or dist.get_world_size() != host:
+        return False
+    wait = _env.launcher_wait()
+    if wait > 0 and every_host_rank_arrives(arrival_store(size), host, wait):
+        return True
+    log.info("vllm-pg-shim: not every host rank built a launcher engine of %d within %s=%g s: a private world for "
+             "this engine's block", size, _env.LAUNCHER_WAIT_VAR, wait)
+    return False
+
+
+_arrival_rounds: collections.Counter = collections.Counter()  # engine world size -> launcher engines asked about
+
+
+def arrival_store(size: int):
+    """A key space of the host's store for this launcher engine: one per engine built there, as for blocks."""
+    import torch.distributed.distributed_c10d as c10d
+    from torch.distributed import PrefixStore
+
+    _arrival_rounds[size] += 1
+    return PrefixStore(f"vllm_pg_shim/arrivals/{size}/{_arrival_rounds[size]}", c10d._get_default_store())
+
+
+def every_host_rank_arrives(store, host_ranks: int, wait: float) -> bool:
+    """Every host rank counts itself in ``store``. The last to arrive says "together"; a rank that waited
+    ``wait`` seconds says "apart". The first word stands for all (compare-and-set), so every rank takes the same
+    way, however late it arrives."""
+    import time
+
+    if store.add("arrived", 1) == host_ranks:
+        return store.compare_set("decision", "", "together") == b"together"
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if store.check(["decision"]):
+            return store.get("decision") == b"together"
+        time.sleep(0.05)
+    return store.compare_set("decision", "", "apart") == b"together"
 
 
 _launcher_worlds: collections.Counter = collections.Counter()  # (size, block) -> private worlds made so far
@@ -146,6 +200,10 @@ def init(wrapped, instance, args, kwargs, family_module=None):
     decide = getattr(family_module, "shares_host_world", shares_host_world)
     if decide(call, family_module):
         log.info("vllm-pg-shim: vLLM shares the host's WORLD on purpose (%s); left alone", call)
+        return wrapped(*args, **kwargs)
+    if lays_data_parallel_over_host_world(call, family_module):
+        log.info("vllm-pg-shim: every host rank builds a launcher engine (%s): vLLM's data parallelism over the "
+                 "host's WORLD, as stock; left alone but for its teardown", call)
         return wrapped(*args, **kwargs)
     label = "world_size={} rank={} init={}".format(
         call.get("world_size"), call.get("rank"), call.get("distributed_init_method")

@@ -18,6 +18,7 @@ def pytest_addoption(parser):
 
 _outcomes: dict[str, dict[str, str]] = {}  # test file -> nodeid -> outcome
 _details: dict[str, str] = {}  # what tests reported with record_property (e.g. the stock outcome)
+_deselected: dict[str, int] = {}  # test file -> tests of it this run left out
 
 
 OPT_IN_MARKERS = ("slow", "stock_frameworks", "nodes")
@@ -55,6 +56,13 @@ def clean_tokens(tmp_path_factory, model):
     return out.ranks[0]["tokens"][0]
 
 
+def pytest_deselected(items):
+    """A run that leaves some of a tier's tests out (``-k``, ``-m``) records a partial row, never a whole one."""
+    for item in items:
+        test_file = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+        _deselected[test_file] = _deselected.get(test_file, 0) + 1
+
+
 def pytest_runtest_logreport(report):
     from support.record import TIERS
 
@@ -72,5 +80,5 @@ def pytest_sessionfinish(session, exitstatus):
 
     for test_file, outcomes in _outcomes.items():
         record(outcomes, Path(__file__).parents[1] / "compat_matrix.yaml", test_file,
-               {"stock_outcome": "failure", **_details})
+               {"stock_outcome": "failure", **_details}, left_out=_deselected.get(test_file, 0))
     rewrite()  # docs/compatibility.md and the README's family summary follow the matrix

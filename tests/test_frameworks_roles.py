@@ -3,7 +3,10 @@
 - vLLM's torchrun data-parallel layout (external launcher, TP×DP = the host's WORLD) is vLLM's own sharing of the
   host's WORLD on every release: the world size vLLM passes spans DP from 0.11 (the v1 family) and is TP×PP
   before it, where vLLM offsets the ranks by DP inside.
-- Launcher blocks (TRL's TP=2 pairs of a 4-rank WORLD) name vLLM's host-wide resources after where they met.
+- External launcher engines on every host rank at once (TRL's colocate, verl's dp × tp): vLLM's data parallelism
+  over the host's WORLD, as stock, in the families that lay it there; found out by the ranks counting themselves
+  in the host's store within ``VLLM_PG_SHIM_LAUNCHER_WAIT``; an engine on only some ranks gets private blocks.
+- Launcher blocks (TP=2 pairs on some ranks of a 4-rank WORLD) name vLLM's host-wide resources after where they met.
 - ``VLLM_DISTRIBUTED_USE_SPLIT_GROUP=1`` where vLLM would get a private world: refused at once, by name.
 """
 from __future__ import annotations
@@ -52,10 +55,69 @@ def test_other_executors_keep_vllms_dp_offset_in_every_family(monkeypatch):
     assert roles.world_size_built(launcher_call(2, 0), v1) == 4
 
 
-def test_trl_colocate_tp1_on_two_ranks_is_not_the_hosts_world(monkeypatch):
+def test_trl_colocate_tp1_on_two_ranks_is_not_the_hosts_world_alone(monkeypatch):
     host(monkeypatch, size=2, rank=1, dp=1)
     assert not roles.shares_host_world(launcher_call(1, 1), v1)
     assert roles.launcher_block(launcher_call(1, 1)) == (1, 0)
+
+
+def arrive(store, ranks: int, wait: float, delays: list[float]) -> list[bool]:
+    """Host ranks (threads) arriving after ``delays`` seconds; what each decided."""
+    import threading
+    import time
+
+    decided: list = [None] * len(delays)
+
+    def rank(i):
+        time.sleep(delays[i])
+        decided[i] = roles.every_host_rank_arrives(store, ranks, wait)
+
+    threads = [threading.Thread(target=rank, args=(i,)) for i in range(len(delays))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return decided
+
+
+def test_ranks_that_all_arrive_within_the_wait_go_together():
+    assert arrive(torch.distributed.HashStore(), 3, 5.0, [0.0, 0.3, 0.6]) == [True, True, True]
+
+
+def test_ranks_that_do_not_all_arrive_go_apart_and_a_late_rank_follows_them():
+    store = torch.distributed.HashStore()
+    assert arrive(store, 4, 0.3, [0.0, 0.0]) == [False, False]  # two of four: an engine on some ranks
+    assert arrive(store, 4, 0.3, [0.0, 0.0]) == [False, False]  # the other two, late: the first word stands
+
+
+def test_every_rank_building_together_lays_data_parallel_over_the_hosts_world_in_the_v1_family(monkeypatch):
+    host(monkeypatch, size=4, rank=3)
+    store = torch.distributed.HashStore()
+    monkeypatch.setattr(roles, "arrival_store", lambda size: store)
+    store.add("arrived", 3)  # the other three ranks are here
+    assert roles.lays_data_parallel_over_host_world(launcher_call(2, 3), v1)
+    assert not roles.lays_data_parallel_over_host_world(launcher_call(2, 3), v0_and_v1)  # keeps private blocks
+
+
+@pytest.mark.parametrize("call", [launcher_call(3, 1), launcher_call(4, 1), {**launcher_call(2, 1), "rank": 0},
+                                  {**launcher_call(2, 1), "distributed_init_method": "tcp://127.0.0.1:1"}])
+def test_what_is_not_a_block_of_the_hosts_world_never_waits(monkeypatch, call):
+    host(monkeypatch, size=4, rank=1)
+    monkeypatch.setattr(roles, "arrival_store", lambda size: pytest.fail("waited"))
+    assert not roles.lays_data_parallel_over_host_world(call, v1)
+
+
+def test_only_vllms_external_launcher_executor_waits(monkeypatch):
+    host(monkeypatch, size=2, rank=1, backend="mp")
+    monkeypatch.setattr(roles, "arrival_store", lambda size: pytest.fail("waited"))
+    assert not roles.lays_data_parallel_over_host_world(launcher_call(1, 1), v1)
+
+
+def test_a_launcher_wait_of_0_never_waits(monkeypatch):
+    host(monkeypatch, size=2, rank=1)
+    monkeypatch.setenv("VLLM_PG_SHIM_LAUNCHER_WAIT", "0")
+    monkeypatch.setattr(roles, "arrival_store", lambda size: pytest.fail("waited"))
+    assert not roles.lays_data_parallel_over_host_world(launcher_call(1, 1), v1)
 
 
 def test_launcher_blocks_name_vllms_host_wide_resources_after_where_they_met(monkeypatch):
@@ -80,6 +142,7 @@ def test_a_family_without_naming_variables_or_an_unset_one_changes_nothing(monke
 
 def test_split_group_in_a_private_world_is_refused_at_once_naming_the_variable(monkeypatch):
     host(monkeypatch, size=2, rank=1)
+    monkeypatch.setenv("VLLM_PG_SHIM_LAUNCHER_WAIT", "0")  # an engine on this rank only: a private world
     monkeypatch.setenv("VLLM_DISTRIBUTED_USE_SPLIT_GROUP", "1")
     made = []
     monkeypatch.setattr(world, "new_private_world", lambda label: made.append(label))

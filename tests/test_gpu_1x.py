@@ -259,8 +259,13 @@ def test_gpu1x_trl_colocate(colocate, clean, clean_shape, activation, record_pro
         assert out.ranks[rank]["tokens_after_push"] == clean_shape["tokens_after_push"]
 
 
-@pytest.mark.xfail(reason="issue 12 item 7: with the shim each colocated rank sizes its KV cache alone (rank 1 sees "
-                          "rank 0's engine), stock takes the minimum over the host's ranks", strict=False)
-def test_gpu1x_trl_colocate_kv_cache_as_stock(colocate):
+def test_gpu1x_trl_colocate_kv_cache_as_stock(colocate, record_property):
+    """Every rank builds at once, so vLLM's data parallelism lies over the host's WORLD as stock's does: its start-up
+    takes the least free memory across the ranks, and both ranks get the same KV cache. Two runs of one layout
+    differ a little (when each rank profiles against the other's engine): stock's own runs differed by 1%."""
     stock, shim = colocate("stock"), colocate("install")
-    assert [shim.ranks[r]["num_gpu_blocks"] for r in (0, 1)] == [stock.ranks[r]["num_gpu_blocks"] for r in (0, 1)]
+    blocks = {name: [out.ranks[r]["num_gpu_blocks"] for r in (0, 1)] for name, out in (("stock", stock),
+                                                                                       ("shim", shim))}
+    record_property("gpu1x_colocate_kv_blocks", blocks)
+    assert blocks["shim"][0] == blocks["shim"][1], blocks
+    assert abs(blocks["shim"][0] - blocks["stock"][0]) <= 0.05 * blocks["stock"][0], blocks

@@ -141,8 +141,10 @@ def test_case_across_nodes_stock_is_observed(tmp_path, nodes, model, case):
 def test_a_member_killed_on_the_other_node_gives_its_peer_the_named_error_in_bound(tmp_path, nodes, model):
     """Launcher worlds of 2 spanning the nodes: [0 (node 0), 1 (node 1)] loses host rank 1 during the rendezvous,
     [2 (node 0), 3 (node 1)] assembles across the nodes."""
+    # every rank starts a launcher world of 2, so each would first wait VLLM_PG_SHIM_LAUNCHER_WAIT to learn whether
+    # all build together (host rank 1 never arrives): off, so that the bound alone is measured
     outcome = run_case(tmp_path, nodes, "timeout", "install", model, timeout=300,
-                       env={"VLLM_PG_SHIM_TIMEOUT": str(TIMEOUT)})
+                       env={"VLLM_PG_SHIM_TIMEOUT": str(TIMEOUT), "VLLM_PG_SHIM_LAUNCHER_WAIT": "0"})
     assert not outcome.timed_out and outcome.returncode == 0, outcome.describe()
     assert "killing_itself" in outcome.stages(1)
     failed = outcome.ranks[0]

@@ -209,9 +209,11 @@ def bench_startup(work: Path, repeats: int) -> tuple[list[dict], dict]:
             installs[after].append(run_worker(work, f"install_{after}{i}", "install", "--after", after, timeout=200))
     labels = {"none": "before `import vllm`", "vllm": "after `import vllm`",
               "engine": "after vLLM's distributed code and engine modules are loaded"}
+    # install() runs in every vLLM process under VLLM_PG_SHIM=1: before vLLM is imported (the .pth) and after
+    goals = {"none": ("<=", 50.0), "vllm": ("<=", 10.0), "engine": None}
     for after, runs in installs.items():
         items.append(item(f"install_{after}", f"`install()` {labels[after]}", "ms",
-                          [1000 * r["install_s"] for r in runs], None, patched=[r["patched"] for r in runs]))
+                          [1000 * r["install_s"] for r in runs], goals[after], patched=[r["patched"] for r in runs]))
     return items, {"site": site_runs, "install": installs}
 
 

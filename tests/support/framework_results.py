@@ -79,14 +79,16 @@ NOTES = """What the shim does in these shapes:
   stock's); only vLLM's teardown is kept off the host's default group, so `del llm` leaves the host's WORLD alive.
   From vLLM 0.11 the external launcher's `world_size` already spans DP (patch family data); before, vLLM passes
   TP×PP and offsets its ranks by DP itself.
-- `external_launcher` on aligned blocks smaller than the host's WORLD (TRL colocate: TP=1 on every rank, TP=2
-  pairs): one private world per block, whose members meet in the host's store. vLLM's host-wide names (the CPU
-  build's shared-memory segments, from `VLLM_DIST_IDENT` and the group's ranks) carry the block's meeting place
-  and the job's `MASTER_PORT`, so blocks never collide. Each block measures its own free memory, where stock
-  takes the minimum across the host's ranks: on one GPU shared by two TP=1 ranks (vLLM 0.20.0, H200, measured
-  for issue 12) rank 1 got 0.72 GiB of KV cache against rank 0's 26.85 GiB; stock gave both 26.9 GiB. A rank
-  cannot tell this layout from engines on only some of the host's ranks (which stock deadlocks) without a
-  collective, so the shim keeps private worlds here; not yet re-measured on a GPU with this release.
+- `external_launcher` engines smaller than the host's WORLD built on *every* rank at once (TRL colocate: TP=1 on
+  every rank, TP=2 pairs; verl dp × tp): from vLLM 0.11 (the v1 family) vLLM lays its data parallelism over the
+  host's WORLD, as stock: its world group is the host's and its start-up takes the least free memory across the
+  ranks, so colocated engines size their KV caches as stock's (1x H200, TRL colocate TP=1: 2680631 blocks on both
+  ranks with the shim, 2681527 stock, vLLM 0.20.0; 0.69 GiB against 40.88 GiB before). Only the ranks know that
+  all of them build: they count themselves in the host's store, waiting at most `VLLM_PG_SHIM_LAUNCHER_WAIT`
+  (20 s). Engines on only some ranks (which stock deadlocks), ranks that arrive further apart, and releases before
+  0.11 get one private world per aligned block, whose members meet in the host's store; vLLM's host-wide names
+  (the CPU build's shared-memory segments, from `VLLM_DIST_IDENT` and the group's ranks) then carry the block's
+  meeting place and the job's `MASTER_PORT`, so blocks never collide, and each block sizes its KV cache alone.
 - In-process engines on some ranks (TRL ≤ 0.16, side channels): a private world of the engine's size.
 - vLLM owning the WORLD (torchtitan): the shim passes straight through.
 - An engine process (Lamorel's default executor): vLLM's processes never see the host's WORLD.

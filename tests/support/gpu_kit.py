@@ -22,9 +22,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-PLATFORMS = ["manylinux_2_35_x86_64", "manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_26_x86_64",
-             "manylinux_2_24_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_5_x86_64",
-             "manylinux1_x86_64"]
+# every glibc the GPU host's (2.35) covers: wheels name the oldest they need (llguidance 1.7: manylinux_2_31)
+PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(35, 4, -1)] + ["manylinux2014_x86_64",
+                                                                             "manylinux1_x86_64"]
 DROP = [
     "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so",  # FlashAttention 2: Hopper takes FA3
     "vllm/_moe_C*.abi3.so",                      # MoE kernels (_moe_C_stable_libtorch from 0.24)

@@ -167,7 +167,11 @@ def run_snippet(script: Path, code: str, *, env: dict, timeout: float = 60, cwd:
 
 
 def scenario_env(activation: str, *, in_process: bool, extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "PYTEST_"))}
+    """A scenario's environment: the caller's without its vLLM and pytest variables, except those named in
+    ``VLLM_PG_SHIM_TEST_KEEP_ENV`` (comma-separated: what a host needs, e.g. ``VLLM_USE_FLASHINFER_SAMPLER`` where
+    a GPU kit leaves FlashInfer out)."""
+    keep = set(os.environ.get("VLLM_PG_SHIM_TEST_KEEP_ENV", "").split(","))
+    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("VLLM_", "PYTEST_"))}
     env["PYTHONUNBUFFERED"] = "1"
     env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
     if activation == "env":

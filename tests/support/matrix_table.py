@@ -76,6 +76,9 @@ def render_summary(matrix: dict, records: list[dict] | None = None) -> str:
                 continue
             passed = sorted((v for v, ok in ran.items() if ok), key=_version_key)
             span = f", {passed[0]} to {passed[-1]}" if len(passed) > 1 else (f", {passed[0]}" if passed else "")
+            partial = sorted((r["version"] for r in results if r["shim"] == "partial" and str(r["version"]) in ran
+                              and not ran[str(r["version"])] and r["tier"] == tier.split(" ")[0]), key=_version_key)
+            span += f" (partial runs, some of the tier's tests: {', '.join(partial)})" if partial else ""
             parts.append(f"{tier}: {len(passed)} of {len(ran)}{span}")
         lines.append(f"| `{name}` | `{fam['releases']}` | {'; '.join(parts) or 'no recorded run'} |")
     torches = sorted({str(r["torch"]) for r in results}, key=_version_key)

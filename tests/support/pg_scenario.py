@@ -15,6 +15,14 @@ multiprocessing executor does by default), which inherit the host's WORLD object
 ``--dp``: the engine groups are the data-parallel ranks of one deployment (group i is DP rank i, TP = the group's
 size): vLLM offsets each rank by its DP rank and meets the others at the DP master port, not at the host's.
 
+``--world-size-patched``: the engine ranks initialise vLLM while ``torch.distributed.get_world_size`` is patched to
+return 1, and hold vLLM's groups until the host's collectives are done (vLLM's teardown comes last), as TRL <= 0.16's
+main process builds and keeps its in-process engine.
+
+Every rank notes, after each of vLLM's teardown functions, whether the host's WORLD still exists (``teardown``), and
+reports each host collective as a stage: a stock run's outcome (the WORLD destroyed, a hang, an error) is read from
+where its ranks stopped.
+
 ``VLLM_PG_SHIM_BARE_IMPORT=1`` imports ``vllm.distributed`` without running ``vllm/__init__.py`` (which pulls the
 whole engine and its dependencies): the release's distributed code is all this tier runs, so its venv holds
 vLLM without its dependencies, torch, and the few packages that code imports.
@@ -29,6 +37,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.host_teardown import destroy_process_groups  # noqa: E402
 from support.ports import free_ports  # noqa: E402
 from support.seed_scenario import _write  # noqa: E402
 
@@ -83,26 +92,36 @@ def vllm_config_context(dp: tuple[int, int, int] | None = None, tp: int = 1):
 
 
 def drive_vllm(ps, *, world_size: int, rank: int, port: int | None, call_rank: int | None = None,
-               dp: tuple[int, int, int] | None = None) -> dict:
+               dp: tuple[int, int, int] | None = None, world_size_patched: bool = False,
+               teardown: bool = True) -> dict:
     """``port=None``: over ``env://`` with ``call_rank`` (the host's rank), as vLLM's external launcher asks.
     ``dp``: this engine is one rank of a data-parallel deployment (vLLM offsets its rank and meets the other DP
-    ranks at the DP master port)."""
+    ranks at the DP master port). ``world_size_patched``: vLLM initialises while ``torch.distributed.
+    get_world_size()`` returns 1. ``teardown=False``: vLLM's groups stay (:func:`teardown_vllm` ends them)."""
     with vllm_config_context(dp, tp=world_size):
         return _drive_vllm(ps, world_size=world_size, rank=rank, port=port, call_rank=call_rank,
-                           dp_size=dp[0] if dp else 1)
+                           dp_size=dp[0] if dp else 1, world_size_patched=world_size_patched, teardown=teardown)
 
 
 def _drive_vllm(ps, *, world_size: int, rank: int, port: int | None, call_rank: int | None = None,
-                dp_size: int = 1) -> dict:
+                dp_size: int = 1, world_size_patched: bool = False, teardown: bool = True) -> dict:
+    import contextlib
+    from unittest.mock import patch
+
     import torch
     import torch.distributed as dist
 
     method = "env://" if port is None else f"tcp://127.0.0.1:{port}"
     asked_rank = rank if call_rank is None else call_rank
-    call_with_supported(ps.init_distributed_environment, (), dict(
-        world_size=world_size, rank=asked_rank, distributed_init_method=method, local_rank=asked_rank,
-        backend="gloo"))
-    call_with_supported(ps.ensure_model_parallel_initialized, (world_size, 1), dict(backend="gloo"))
+    # huggingface/trl trl/trainer/grpo_trainer.py at v0.16.0: `world_size_patch = patch(
+    # "torch.distributed.get_world_size", return_value=1)` around `LLM(...)` on the main process only
+    patched = patch("torch.distributed.get_world_size", return_value=1) if world_size_patched else \
+        contextlib.nullcontext()
+    with patched:
+        call_with_supported(ps.init_distributed_environment, (), dict(
+            world_size=world_size, rank=asked_rank, distributed_init_method=method, local_rank=asked_rank,
+            backend="gloo"))
+        call_with_supported(ps.ensure_model_parallel_initialized, (world_size, 1), dict(backend="gloo"))
     result = {"vllm_world_size": world_size, "vllm_rank": rank}
     if hasattr(ps, "get_tp_group"):  # GroupCoordinator releases
         sizes = {"get_world_group": world_size * dp_size, "get_tp_group": world_size}
@@ -134,12 +153,24 @@ def _drive_vllm(ps, *, world_size: int, rank: int, port: int | None, call_rank: 
         data = broadcast_tensor_dict({"x": torch.tensor([7.0])} if rank == 0 else None, src=0)
         result["get_tp_group"] = {"size": dist.get_world_size(group), **raw,
                                   "ok": raw["raw_ok"] and data["x"].item() == 7.0}
+    result["vllm_ok"] = all(v["ok"] for k, v in result.items() if k.startswith("get_"))
+    if teardown:
+        result["teardown"] = teardown_vllm(ps)
+    return result
+
+
+def teardown_vllm(ps) -> dict:
+    """vLLM's teardown, the functions this release has, in its order; for each, whether a default process group
+    (the host's WORLD, where the host made one) still exists after it."""
+    import torch.distributed as dist
+
+    host_world_after = {}
     for name in ("destroy_model_parallel", "destroy_distributed_environment", "cleanup_dist_env_and_memory"):
         fn = getattr(ps, name, None)
         if fn is not None:
             fn()
-    result["vllm_ok"] = all(v["ok"] for k, v in result.items() if k.startswith("get_"))
-    return result
+            host_world_after[name] = dist.is_initialized()
+    return host_world_after
 
 
 def raw_collectives(group, global_ranks: list[int], rank: int) -> dict:
@@ -156,17 +187,26 @@ def raw_collectives(group, global_ranks: list[int], rank: int) -> dict:
     return {"raw_all_reduce": t.item(), "raw_broadcast": b.item(), "raw_ok": ok}
 
 
-def host_checks(rank: int, world: int) -> dict:
+def host_checks(rank: int, world: int, step) -> dict:
+    """The host's collectives on its WORLD, then on a new group; ``step(name)`` reports each one done."""
     import torch
     import torch.distributed as dist
 
+    dist.barrier()
+    step("host_barrier")
+    sent = [{"from": 0, "world": world} if rank == 0 else None]
+    dist.broadcast_object_list(sent, src=0)
+    step("host_broadcast_object_list")
     t = torch.tensor([float(rank + 1)])
     dist.all_reduce(t)
+    step("host_all_reduce")
     sub = dist.new_group(list(range(world)))
     s = torch.tensor([float(rank + 1)])
     dist.all_reduce(s, group=sub)
+    step("host_new_group")
     expected = float(world * (world + 1) // 2)
-    return {"host_world_ok": t.item() == expected and dist.get_world_size() == world and dist.get_rank() == rank,
+    return {"host_world_ok": t.item() == expected and dist.get_world_size() == world and dist.get_rank() == rank
+            and sent[0] == {"from": 0, "world": world},
             "host_subgroup_ok": s.item() == expected}
 
 
@@ -184,6 +224,7 @@ def rank_main(rank: int, args) -> None:
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(args.world))
     dist.init_process_group("gloo", init_method="env://")
     _write(out, rank, stage="host_world_ready")
+    held = None
     for index, members in enumerate(args.engines):
         if rank in members:
             ps = import_parallel_state()
@@ -196,7 +237,10 @@ def rank_main(rank: int, args) -> None:
                 dp = (len(args.engines), index, args.engine_ports[0]) if args.dp else None
                 result = drive_vllm(ps, world_size=len(members) + forked, rank=members.index(rank),
                                     port=None if args.launcher else args.engine_ports[index],
-                                    call_rank=rank if args.launcher else None, dp=dp)
+                                    call_rank=rank if args.launcher else None, dp=dp,
+                                    world_size_patched=args.world_size_patched,
+                                    teardown=not args.world_size_patched)
+                held = ps if args.world_size_patched else None
                 if workers:
                     result["forked_workers"] = _join_workers(out, rank, workers)
             except Exception as exc:  # a release's own error (e.g. the world-size check): recorded, then raised
@@ -204,7 +248,12 @@ def rank_main(rank: int, args) -> None:
                        traceback=traceback.format_exc()[-3000:])
                 raise
             _write(out, rank, stage="vllm_done", **result)
-    result = host_checks(rank, args.world)
+    if not dist.is_initialized():  # vLLM's teardown destroyed the host's WORLD (stock): nothing left to check
+        _write(out, rank, stage="host_world_destroyed")
+        return
+    result = host_checks(rank, args.world, lambda name: _write(out, rank, stage=name))
+    if held is not None:
+        result["teardown"] = teardown_vllm(held)
     # what `import vllm` wrote (0.7.0-0.10.1) must be on ranks that never imported vLLM too
     result["nccl_cumem_enable"] = os.environ.get("NCCL_CUMEM_ENABLE")
     if args.activation == "install":
@@ -214,7 +263,8 @@ def rank_main(rank: int, args) -> None:
         result.update(family=status["family"], private_worlds_after=len(status["world"]["private_worlds"]),
                       router_after=status["world"]["router_installed"])
     _write(out, rank, stage="host_checks_done", **result)
-    dist.destroy_process_group()
+    if dist.is_initialized():
+        destroy_process_groups()  # torch's own, without its GIL deadlock (support/host_teardown.py)
     _write(out, rank, stage="done")
 
 
@@ -257,6 +307,8 @@ def main(argv=None) -> None:
     p.add_argument("--launcher", action="store_true", help="engines ask over env:// with the host's rank")
     p.add_argument("--dp", action="store_true",
                    help="the engine groups are the data-parallel ranks of one vLLM deployment (vLLM >= 0.8)")
+    p.add_argument("--world-size-patched", action="store_true",
+                   help="vLLM initialises under get_world_size() == 1 and is torn down after the host's collectives")
     args = p.parse_args(argv)
     groups = [group for group in args.engines.split("/") if group]
     # "0*2": host rank 0 plus one forked worker (a TP=2 V0 driver)

@@ -53,6 +53,25 @@ def test_timeout_values_refused_warn_once_and_are_ignored(value):
         assert _env.rendezvous_timeout({"VLLM_PG_SHIM_TIMEOUT": value}) is None
 
 
+@pytest.mark.parametrize("value,seconds", [
+    (None, _env.DEFAULT_LAUNCHER_WAIT), ("", _env.DEFAULT_LAUNCHER_WAIT), ("0", 0.0), (" 2.5 ", 2.5),
+])
+def test_launcher_wait_values_accepted(value, seconds):
+    environ = {} if value is None else {"VLLM_PG_SHIM_LAUNCHER_WAIT": value}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _env.launcher_wait(environ) == seconds
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "abc", "1e9"])
+def test_launcher_wait_values_refused_warn_once_and_the_default_applies(value):
+    with pytest.warns(RuntimeWarning, match="default, 20 s, applies"):
+        assert _env.launcher_wait({"VLLM_PG_SHIM_LAUNCHER_WAIT": value}) == _env.DEFAULT_LAUNCHER_WAIT
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _env.launcher_wait({"VLLM_PG_SHIM_LAUNCHER_WAIT": value}) == _env.DEFAULT_LAUNCHER_WAIT
+
+
 def test_the_timeout_limit_is_what_fits_torchs_millisecond_int():
     assert _env.MAX_TIMEOUT * 1000 <= 2**31 - 1 < (_env.MAX_TIMEOUT + 1) * 1000
 

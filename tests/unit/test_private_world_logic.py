@@ -89,3 +89,40 @@ def test_ranks_inside_or_undecided_pass(size, rank):
                                             ("10.0.0.1", False), ("localhost", False), ("", False)])
 def test_only_loopback_ip_literals_count_as_loopback(host, loopback):
     assert rendezvous.is_loopback(host) is loopback
+
+
+class ClosingStore:
+    """The roll-call's store as rank 1 sees it when rank 0 gives up first: readable until the group fails."""
+
+    def __init__(self, entries):
+        self.entries, self.closed = entries, False
+
+    def get(self, key):
+        if self.closed:
+            raise RuntimeError("Connection reset by peer")
+        return self.entries[key]
+
+
+def test_a_member_that_died_after_the_roll_call_is_named_even_once_rank_0_closed_the_store():
+    import os
+    import socket
+
+    if getattr(rendezvous.c10d, "_set_pg_timeout", None) is None:
+        pytest.skip("this torch cannot bound the group's making")
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)  # reaped: that pid no longer runs
+    here = socket.gethostname()
+    store = ClosingStore({rendezvous.ARRIVED_KEY.format(rank=r): f"{here}:{pid}".encode()
+                          for r, pid in enumerate([os.getpid(), os.getpid(), dead])})
+
+    def real(**kwargs):  # gloo's wait for the dead member ends; rank 0 has closed its store by then
+        store.closed = True
+        raise RuntimeError("Timed out waiting for rank 2")
+
+    with pytest.raises(rendezvous.PrivateWorldTimeout) as raised:
+        rendezvous._form_group(real, {"world_size": 3, "rank": 1, "timeout": None}, roll_store=store, seconds=5,
+                               where="127.0.0.1:1")
+    assert (raised.value.arrived, raised.value.missing) == ([0, 1], [2])
+    assert "ranks [2] are no longer running" in str(raised.value)
