@@ -507,6 +507,7 @@ def test_install_after_vllm_initialised_in_the_hosts_world_leaves_it_alone_and_s
         t = torch.ones(1); dist.all_reduce(t, group=ps._WORLD)   # vLLM's group still works
         result(world=status["world"], installed=status["installed"], wrapped=type(ps.init_distributed_environment)
                .__name__, sum=t.item())
+        ps.destroy_distributed_environment()   # the host ends vLLM's world (its group's gloo workers) before it exits
         """)
     assert out.returncode == 0 and res is not None, out.stderr
     assert res["installed"] is True and res["wrapped"] == "ShimWrapper" and res["sum"] == 1.0

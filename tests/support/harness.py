@@ -149,10 +149,19 @@ def run_python(args: list[str], *, env: dict, timeout: float = 60, cwd: Path | N
 # Appended to every snippet: a host destroys its process group before it exits, as torch asks. Left alive,
 # torch's exit can abort ("terminate called without an active exception"): one of the group's gloo threads needs
 # the interpreter while it finalises. Seen with a host that had built two engines in turn, shim or no shim to blame.
+# Destroying is not all: a gloo worker drops a finished collective's tensors a moment after the caller's wait
+# returned, and with torch 2.13 that decrefs their Python objects, under the GIL. A worker still doing so when the
+# interpreter finalises is ended by Python mid-C++ and aborts the process the same way (a core's backtrace:
+# ProcessGroupGloo::runLoop -> ~AsyncAllreduceWork -> TensorImpl::decref_pyobject -> take_gil ->
+# PyThread_exit_thread). torch has no call that waits for that, and a group that something else still holds (vLLM's
+# module globals, or a host whose WORLD vLLM destroyed) outlives the destroy: the pause gives its workers that moment.
 HOST_EXIT = """
 import sys as _sys
-if "torch.distributed" in _sys.modules and _sys.modules["torch.distributed"].is_initialized():
-    _sys.modules["torch.distributed"].destroy_process_group()
+if "torch.distributed" in _sys.modules:
+    if _sys.modules["torch.distributed"].is_initialized():
+        _sys.modules["torch.distributed"].destroy_process_group()
+    import time as _time
+    _time.sleep(0.2)
 """
 
 
