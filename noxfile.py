@@ -406,6 +406,9 @@ def run_gpu_tier(session: nox.Session, *extra: str) -> None:
         wheels = sorted(str(w) for w in wheelhouse.glob("*.whl"))
         if not wheels:
             session.error(f"no wheels in {wheelhouse}")
+        # the wheelhouse is all the folder holds: pip --target --upgrade keeps another release's vllm-X.dist-info
+        # beside the new one, and the row could then name the older release
+        shutil.rmtree(site, ignore_errors=True)
         session.run(python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                     "--upgrade", "--target", str(site), *wheels)
     # the shim from this checkout, built with the interpreter's own setuptools (no index needed)
