@@ -41,3 +41,17 @@ def test_test_sets_are_hashes_of_the_tiers_files_and_every_row_is_stale_until_re
     assert all(len(h) == 12 and int(h, 16) >= 0 for h in sets.values()) and len(set(sets.values())) == len(sets)
     rows = record.load_records()
     assert record.stale(rows) == [r for r in rows if r["test_set"] != sets[r["tier"]]]
+
+
+def test_a_run_that_selected_no_stock_test_says_stock_was_not_run(tmp_path, monkeypatch):
+    matrix, _ = copies(tmp_path)
+    monkeypatch.setattr(record, "_vllm", lambda: ("vllm", "9.9.9"))
+    monkeypatch.setattr(record.md, "version", lambda name: "0.0")  # torch's, which this test does not need
+    monkeypatch.setattr(record, "test_set", lambda tier, root: "0123456789ab")
+    shim_only = {"tests/test_pg_tier.py::test_pg_tier_with_shim[world2]": "passed"}
+    row = record.record(shim_only, matrix, "test_pg_tier.py", {}, left_out=13)
+    assert (row["stock"], row["shim"], row["tests"]) == ("not run", "partial", "1 passed, 0 failed, 13 not run")
+    stock_test = next(iter(record.TIERS["test_pg_tier.py"][1]))
+    row = record.record({**shim_only, f"tests/test_pg_tier.py::{stock_test}": "failed"}, matrix, "test_pg_tier.py",
+                        {}, left_out=12)
+    assert row["stock"] == "failure not reproduced"
