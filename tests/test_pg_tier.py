@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from support.harness import _read_ranks, run_bounded, run_python
+from support.pg_scenario import dp_group_size
 
 pytestmark = pytest.mark.pg
 if importlib.util.find_spec("vllm") is None:  # found, not imported: its __init__ needs the whole engine
@@ -137,7 +138,7 @@ def test_pg_tier_with_shim(tmp_path, scenario):
             assert all(w["vllm_ok"] for w in workers.values()), workers
             assert data["get_tp_group"]["size"] == engine_tp[rank], data
             if dp:
-                assert data["get_dp_group"]["size"] == len(groups), data
+                assert data["get_dp_group"]["size"] == dp_group_size(len(groups)), data
 
 
 # Rank 1 never joins rank 0's all_reduce, so rank 0's gloo worker is inside it until the group's 3 s timeout
