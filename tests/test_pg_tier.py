@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support.harness import _read_ranks, run_bounded, run_python
+from support.harness import _read_ranks, log_tail, run_bounded, run_python
 from support.pg_scenario import dp_group_size
 
 pytestmark = pytest.mark.pg
@@ -49,7 +49,7 @@ def run_pg(tmp_path, *, world, engines, activation, timeout, stall_after=None, l
     done = finished if stall_after is None else (lambda: finished() or stalled())
     returncode, timed_out, elapsed, leftovers = run_bounded(cmd, timeout=timeout, env=env, log_path=tmp_path / "log",
                                                             finished=done, **({"exit_grace": 0} if stall_after else {}))
-    return returncode, timed_out, _read_ranks(tmp_path), (tmp_path / "log").read_text()[-4000:], leftovers
+    return returncode, timed_out, _read_ranks(tmp_path), log_tail((tmp_path / "log").read_text()), leftovers
 
 
 def stages(ranks, r):
