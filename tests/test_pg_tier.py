@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from support.harness import _read_ranks, run_bounded, run_python
+from support.harness import _read_ranks, log_tail, run_bounded, run_python
+from support.pg_scenario import dp_group_size
 
 pytestmark = pytest.mark.pg
 if importlib.util.find_spec("vllm") is None:  # found, not imported: its __init__ needs the whole engine
@@ -48,7 +49,7 @@ def run_pg(tmp_path, *, world, engines, activation, timeout, stall_after=None, l
     done = finished if stall_after is None else (lambda: finished() or stalled())
     returncode, timed_out, elapsed, leftovers = run_bounded(cmd, timeout=timeout, env=env, log_path=tmp_path / "log",
                                                             finished=done, **({"exit_grace": 0} if stall_after else {}))
-    return returncode, timed_out, _read_ranks(tmp_path), (tmp_path / "log").read_text()[-4000:], leftovers
+    return returncode, timed_out, _read_ranks(tmp_path), log_tail((tmp_path / "log").read_text()), leftovers
 
 
 def stages(ranks, r):
@@ -137,7 +138,7 @@ def test_pg_tier_with_shim(tmp_path, scenario):
             assert all(w["vllm_ok"] for w in workers.values()), workers
             assert data["get_tp_group"]["size"] == engine_tp[rank], data
             if dp:
-                assert data["get_dp_group"]["size"] == len(groups), data
+                assert data["get_dp_group"]["size"] == dp_group_size(len(groups)), data
 
 
 # Rank 1 never joins rank 0's all_reduce, so rank 0's gloo worker is inside it until the group's 3 s timeout

@@ -45,7 +45,8 @@ class Outcome:
             lines.append(f"  rank {rank}: {' > '.join(self.stages(rank))}")
         if self.leftovers:
             lines.append(f"  leftover processes (killed): {self.leftovers}")
-        lines.append("  log tail:\n" + "\n".join(self.log.splitlines()[-25:]))
+        tail = log_tail(self.log) if STACK_DUMP_START in self.log else "\n".join(self.log.splitlines()[-25:])
+        lines.append("  log tail:\n" + tail)
         return "\n".join(lines)
 
 
@@ -90,6 +91,30 @@ def kill_tree(root_pid: int) -> list[str]:
     return killed
 
 
+# A run that outlives its bound prints, before it is killed, every Python thread's stack of each of its processes
+# into its log (faulthandler, enabled in the run's environment, handles SIGABRT): the report says where it hung.
+STACK_DUMP_START = "Fatal Python error: Aborted"
+STACK_DUMP_WAIT = 2.0
+
+
+def dump_stacks(sid: int) -> None:
+    # one process at a time: they share the log, and dumps written together interleave line by line
+    for proc in _session_members(sid):
+        try:
+            if _alive(proc):
+                proc.send_signal(signal.SIGABRT)
+                proc.wait(timeout=STACK_DUMP_WAIT)
+        except (psutil.Error, psutil.TimeoutExpired):
+            continue
+
+
+def log_tail(log: str, chars: int = 4000) -> str:
+    """The end of a run's log: its last ``chars`` characters, or all from its first stack dump on (at most ten
+    times as much) where a hung run printed them."""
+    dumped = log.find(STACK_DUMP_START)
+    return log[dumped:][-10 * chars:] if 0 <= dumped < len(log) - chars else log[-chars:]
+
+
 # Seconds a run has to exit once its work is done: vLLM's and torch's processes end slowly on busy cores (20-60 s
 # seen with 2 cores shared by several 4-rank runs); a process that never exits still fails.
 EXIT_GRACE = 60.0
@@ -101,21 +126,24 @@ def run_bounded(cmd: list[str], *, timeout: float, env: dict | None = None, cwd:
     """Run ``cmd`` for at most ``timeout`` seconds; once ``finished()`` is true (the work is done), the
     process gets ``exit_grace`` seconds more to exit, else it counts as hung at exit."""
     start = time.monotonic()
+    env = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                 start_new_session=True, stdin=subprocess.DEVNULL)
         deadline = start + timeout
-        returncode, timed_out = None, False
+        returncode, timed_out, work_done = None, False, False
         while returncode is None:
             try:
                 returncode = proc.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
                 now = time.monotonic()
-                if finished is not None and deadline > now + exit_grace and finished():
-                    deadline = now + exit_grace
+                if finished is not None and not work_done and finished():
+                    work_done, deadline = True, min(deadline, now + exit_grace)
                 if now >= deadline:
                     timed_out = True
                     break
+        if timed_out and not work_done:
+            dump_stacks(proc.pid)
         if not timed_out:
             # multiprocessing's resource tracker ends a moment after its last user: give helpers that
             # moment, then whatever is still alive in the session is a leak, reported and killed.

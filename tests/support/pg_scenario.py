@@ -78,17 +78,36 @@ def vllm_config_context(dp: tuple[int, int, int] | None = None, tp: int = 1):
     # a bare vLLM has no platform plugin to infer the device from: this tier runs on the CPU
     kwargs = dict(device_config=DeviceConfig(device="cpu"))
     if dp is not None:
+        from unittest.mock import patch
+
         from vllm.config import ParallelConfig
 
         size, rank, port = dp
-        parallel = ParallelConfig(tensor_parallel_size=tp, data_parallel_size=size, data_parallel_rank=rank,
-                                  data_parallel_master_ip="127.0.0.1")
+        # 0.8.0-0.8.2 take the DP layout from VLLM_DP_* alone (their ParallelConfig.__post_init__ overwrites the
+        # arguments), later releases from the arguments: both say the same deployment
+        dp_environment = {"VLLM_DP_SIZE": str(size), "VLLM_DP_RANK": str(rank), "VLLM_DP_MASTER_IP": "127.0.0.1",
+                          "VLLM_DP_MASTER_PORT": str(port)}
+        with patch.dict(os.environ, dp_environment):
+            parallel = ParallelConfig(tensor_parallel_size=tp, data_parallel_size=size, data_parallel_rank=rank,
+                                      data_parallel_master_ip="127.0.0.1")
         parallel.data_parallel_master_port = port
         for name, value in (("_data_parallel_master_port_list", []), ("_coord_store_port", 0)):
             if hasattr(parallel, name):  # later releases: a prepared port list, a coordinator's store
                 setattr(parallel, name, value)
         kwargs["parallel_config"] = parallel
     return set_current_vllm_config(VllmConfig(**kwargs))
+
+
+def dp_group_size(dp_size: int) -> int:
+    """The size of the DP group the installed release makes for a deployment of ``dp_size`` ranks: 0.8.0 and
+    0.8.1 compare the world with TP x PP (their parallel config's ``world_size``, DP left out), so a real
+    deployment looks like external DP to them and they give every rank a dummy DP group of its own."""
+    import importlib.metadata
+
+    from packaging.version import Version
+
+    release = Version(importlib.metadata.version("vllm")).release[:3]
+    return 1 if (0, 8, 0) <= release < (0, 8, 2) else dp_size
 
 
 def drive_vllm(ps, *, world_size: int, rank: int, port: int | None, call_rank: int | None = None,
@@ -126,7 +145,7 @@ def _drive_vllm(ps, *, world_size: int, rank: int, port: int | None, call_rank: 
     if hasattr(ps, "get_tp_group"):  # GroupCoordinator releases
         sizes = {"get_world_group": world_size * dp_size, "get_tp_group": world_size}
         if dp_size > 1:
-            sizes["get_dp_group"] = dp_size
+            sizes["get_dp_group"] = dp_group_size(dp_size)
         for name, size in sizes.items():
             coordinator = getattr(ps, name)()
             me = coordinator.rank_in_group
