@@ -246,7 +246,7 @@ def teardown(wrapped, instance, args, kwargs, family_module=None):
     # the private world (where it finds nothing left), never the host's.
     outermost = not world.in_private_scope()
     try:
-        with world.scope(live):
+        with world.scope(live), world.gloo_backends_freed_last(live):
             return wrapped(*args, **kwargs)
     finally:
         if outermost:

@@ -23,6 +23,7 @@ Nothing here is installed until a private world is needed, and it is removed aga
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import itertools
@@ -33,6 +34,7 @@ import types
 from collections.abc import MutableMapping
 from typing import Any, Iterator
 
+import torch
 import torch.distributed.distributed_c10d as c10d
 
 from . import _originals, rendezvous
@@ -462,9 +464,40 @@ def release(world: PrivateWorld) -> None:
             _remove_router()
 
 
+# torch before 2.8 (pytorch/pytorch#154976) frees a process group holding the GIL, and the group's gloo backend
+# joins its worker threads on the way; a worker still dropping a finished collective's tensors needs the GIL to
+# free their Python objects, so the teardown never returns (seen in vLLM 0.7.0's forked TP worker, torch 2.5.1).
+_FREES_GROUPS_HOLDING_THE_GIL = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 8)
+
+
+@contextlib.contextmanager
+def gloo_backends_freed_last(world: c10d._World) -> Iterator[None]:
+    """Tear down ``world``'s groups inside this block with their gloo backends ending only after it.
+
+    Holding the backends makes freeing a group drop just a reference; the backends end at the block's end, in
+    their own destructor, which releases the GIL while it joins the workers. Nothing is held on a torch that
+    frees groups without the GIL, or where a group cannot give its backend (a private method of ProcessGroup)."""
+    held = _cpu_backends(world) if _FREES_GROUPS_HOLDING_THE_GIL else []
+    try:
+        yield
+    finally:
+        held.clear()
+
+
+def _cpu_backends(world: c10d._World) -> list:
+    """The CPU (gloo) backends of ``world``'s groups; a frame of its own, so no group outlives it in a local."""
+    backends = []
+    for group in list(world.pg_map):
+        try:
+            backends.append(group._get_backend(torch.device("cpu")))
+        except (AttributeError, RuntimeError):  # no CPU backend, or a torch without the method
+            continue
+    return backends
+
+
 def discard(world: PrivateWorld) -> None:
     """Tear down whatever a failed initialisation left in ``world``, then release it."""
-    with scope(world):
+    with scope(world), gloo_backends_freed_last(world):
         if world.default_pg is not None:
             _safe(lambda: c10d.destroy_process_group())
     release(world)

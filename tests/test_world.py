@@ -64,6 +64,16 @@ def test_host_teardown_leaves_vllms_private_world_alone(tmp_path):
         assert r["router_after"] is False
 
 
+def test_private_teardown_frees_gloo_backends_after_their_groups(tmp_path):
+    """torch < 2.8 frees a group holding the GIL while its gloo workers end, and a worker may need the GIL (vLLM
+    0.7.0's forked TP worker hung so on torch 2.5.1): the teardown role keeps the backends until the groups are
+    gone, so they end in their own destructor, which releases the GIL."""
+    for r in run_case(tmp_path, "private_teardown_frees_gloo_backends_last").values():
+        assert r["groups_after_destroy"] == 0 and r["backends_held"] == 2 and r["held_backends_usable"]
+        assert r["backends_held_after_block"] == 0
+        assert r["router_after"] is False and r["host_sum_after"] == 3.0
+
+
 @pytest.mark.parametrize("value", ["abc", "-1", "0", "inf"])
 def test_bad_timeout_values_warn_and_are_ignored(value, recwarn):
     from vllm_pg_shim import _env

@@ -165,6 +165,33 @@ def case_host_teardown_spares_private(rank, ports, out):
     _write(out, rank, stage="done", **result)
 
 
+def case_private_teardown_frees_gloo_backends_last(rank, ports, out):
+    """A private world torn down as the teardown role does, as on a torch before 2.8 (which frees a group holding
+    the GIL): its groups' gloo backends outlive the groups, still usable, and end when the block ends."""
+    import gc
+
+    from vllm_pg_shim import world
+
+    pw = world.new_private_world("teardown")
+    with world.scope(pw):
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{ports[rank + 1]}", world_size=1, rank=0)
+        dist.new_group([0])
+        dist.all_reduce(torch.tensor([1.0]))
+    held = []
+    original = world._cpu_backends
+    world._FREES_GROUPS_HOLDING_THE_GIL = True
+    world._cpu_backends = lambda w: held.append(original(w)) or held[-1]
+    with world.scope(pw), world.gloo_backends_freed_last(pw):
+        dist.destroy_process_group()
+        gc.collect()
+        result = {"groups_after_destroy": len(pw.pg_map), "backends_held": len(held[0]),
+                  "held_backends_usable": [backend.size() for backend in held[0]] == [1, 1]}
+    result["backends_held_after_block"] = len(held[0])
+    world.release(pw)
+    result.update(router_after=world.router_installed(), host_sum_after=host_sum(rank + 1.0))
+    _write(out, rank, stage="done", **result)
+
+
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
 
 
