@@ -275,11 +275,20 @@ def install_pg_env(session: nox.Session, version: str) -> None:
                              env={"VLLM_PG_SHIM_BARE_IMPORT": "1", "VLLM_NCCL_SO_PATH": NO_NCCL})
         missing = [line.split()[1] for line in output.splitlines() if line.startswith("MISSING ")]
         if not missing:
-            return
+            break
         # as of the release's day: a later package can break an old vLLM's imports (transformers 4.53 took a
         # config name vLLM 0.9.0 registers)
         session.install(f"--exclude-newer={released}", PG["packages"].get(missing[0], missing[0]))
-    session.error("vLLM's distributed code still misses modules after 30 rounds")
+    else:
+        session.error("vLLM's distributed code still misses modules after 30 rounds")
+    # uv writes no bytecode, and where PYTHONDONTWRITEBYTECODE is set no process does: each scenario process then
+    # compiles torch's sources as it imports them. vLLM >= 0.18 imports torch._dynamo inside
+    # init_distributed_environment, which took ~38 s instead of ~10 s there on 2 loaded cores: past the stock
+    # scenarios' stall bound, so a slow start was recorded as a hang. Exit code 1: some file did not compile (an
+    # import of it would fail the same way with or without bytecode).
+    purelib = session.run("python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+                          silent=True).strip()
+    session.run("python", "-m", "compileall", "-q", "-j", "0", purelib, silent=True, success_codes=[0, 1])
 
 
 def release_day_after(version: str) -> str:
