@@ -282,9 +282,9 @@ def install_pg_env(session: nox.Session, version: str) -> None:
     else:
         session.error("vLLM's distributed code still misses modules after 30 rounds")
     # uv writes no bytecode, and where PYTHONDONTWRITEBYTECODE is set no process does: each scenario process then
-    # compiles torch's sources as it imports them. vLLM >= 0.18 imports torch._dynamo inside
-    # init_distributed_environment, which took ~38 s instead of ~10 s there on 2 loaded cores: past the stock
-    # scenarios' stall bound, so a slow start was recorded as a hang. Exit code 1: some file did not compile (an
+    # compiles torch's sources as it imports them. From vLLM 0.17 its distributed initialisation imports
+    # torch._dynamo (stacks read on 0.18.0), which took ~38 s instead of ~10 s there on 2 loaded cores: past the
+    # stock scenarios' stall bound, so a slow start was recorded as a hang. Exit code 1: some file did not compile (an
     # import of it would fail the same way with or without bytecode).
     purelib = session.run("python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
                           silent=True).strip()
